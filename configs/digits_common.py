@@ -1,0 +1,41 @@
+"""Settings shared by the configs on the embedded ``digits_av`` dataset (not a config itself)."""
+
+from mmjax.config import default_config
+from mmjax.data.vocab import Vocabulary
+
+MODALITIES = ("image", "audio", "text")
+VOCAB_SIZE = len(Vocabulary.digits_av())  # rows of the token embedding
+
+
+def base(arg=None):
+  """digits_av data, optimizer and schedule; ``arg`` may hold a modality name (unimodal baseline)
+  and/or ``runlocal`` (a few-second run for smoke tests), comma-separated."""
+  c = default_config()
+  c.data.name = "digits_av"
+  c.data.max_lengths = {"audio": 80, "text": 20}  # longest in the data: 79, 20
+  c.batch_size = 64
+  c.num_steps = 1500
+  c.optimizer.lr = 2e-3
+  c.optimizer.schedule = "warmup_cosine"
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.clip_norm = 1.0
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  return c
+
+
+def apply_arg(c, arg):
+  """Applies the comma-separated config argument (a modality name and/or ``runlocal``)."""
+  for part in (arg or "").split(","):
+    if part in MODALITIES:
+      c.model.kwargs.modalities = (part,)
+    elif part == "runlocal":
+      c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 4, 3
+      c.batch_size, c.eval_batch_size = 8, 64
+      c.model.kwargs.width = 16
+      c.progress = False
+    elif part:
+      raise ValueError(f"unknown config argument {part!r}; use one of {MODALITIES} or 'runlocal'")
+  return c

@@ -1,0 +1,15 @@
+"""Late fusion on digits_av (image + speech + text): the demo of the README.
+
+``FILE:image`` / ``:audio`` / ``:text`` gives the unimodal baseline of that modality; ``:runlocal``
+shrinks the run to a few seconds.
+"""
+
+from digits_common import MODALITIES, VOCAB_SIZE, apply_arg, base
+
+
+def get_config(arg=None):
+  c = base()
+  c.model.name = "late_fusion"
+  c.model.kwargs = {"num_classes": 10, "modalities": MODALITIES, "vocab_size": VOCAB_SIZE, "width": 64,
+                    "num_layers": 1, "num_heads": 4, "dropout": 0.1}
+  return apply_arg(c, arg)

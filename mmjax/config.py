@@ -1,0 +1,205 @@
+"""Experiment configs: Python files returning an ``ml_collections.ConfigDict``, command-line overrides,
+and validation against the schema in :func:`default_config` (unknown keys are errors).
+
+A config file defines ``get_config(arg=None)``; ``FILE:ARG`` on the command line passes ``ARG``. It
+starts from :func:`default_config` and sets what differs. ``model.kwargs`` holds the model's constructor
+fields, checked against the registered model class.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+
+import ml_collections
+
+# Sections whose keys are free-form dictionaries (checked elsewhere or by the consumer).
+FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every engine field with its default: the schema that experiment configs fill in."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ""  # a name in mmjax.models.names()
+  c.model.kwargs = ml_collections.ConfigDict()  # the model's dataclass fields
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "classification"
+  c.task.kwargs = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ""  # a TFDS builder name, e.g. "digits_av"
+  c.data.data_dir = ""  # TFDS data directory ("" = TFDS default, ~/tensorflow_datasets)
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"  # evaluated every eval_every steps
+  c.data.test_split = "test"  # evaluated once at the end ("" to skip)
+  c.data.max_lengths = ml_collections.ConfigDict()  # feature -> padded length, for variable lengths
+  c.data.truncate = False  # longer sequences: error (False) or cut to max length (True)
+  c.data.prepare = True  # build embedded datasets on first use
+  c.data.num_threads = 2  # reader threads
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 1e-3
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.momentum = 0.0
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.clip_norm = 0.0
+  c.optimizer.frozen = ""  # regex over parameter paths
+  c.optimizer.grad_accum_steps = 1
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.batch_size = 32  # global, over all processes and devices
+  c.eval_batch_size = 128
+  c.num_steps = 1000
+  c.log_every = 50  # pull metrics to the host, write a log line
+  c.eval_every = 500  # 0 = only at the end
+  c.checkpoint_every = 500  # 0 = only at the end
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.progress = True  # progress bar on process 0
+  return c
+
+
+class ConfigError(ValueError):
+  """A config file or override that does not fit the schema."""
+
+
+def _suggest(key, candidates) -> str:
+  near = difflib.get_close_matches(key, list(candidates), n=3)
+  return f" Did you mean {', '.join(near)}?" if near else ""
+
+
+def _check_keys(cfg, schema, prefix: str = "") -> None:
+  for key in cfg.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      raise ConfigError(f"unknown config key {path!r}.{_suggest(key, schema.keys())} "
+                        f"Known keys here: {sorted(schema.keys())}")
+    if path in FREE_FORM:
+      continue
+    if isinstance(schema[key], ml_collections.ConfigDict):
+      if not isinstance(cfg[key], ml_collections.ConfigDict):
+        raise ConfigError(f"config key {path!r} must be a section, got {cfg[key]!r}")
+      _check_keys(cfg[key], schema[key], path + ".")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every key against :func:`default_config` and ``model.kwargs`` against the model's fields;
+  fills engine defaults the file left out. Returns the completed config."""
+  schema = default_config()
+  _check_keys(cfg, schema)
+  full = default_config()
+  full.update(cfg)
+  from mmjax import models  # models know no config library; config knows models
+
+  if not full.model.name:
+    raise ConfigError(f"config sets no model.name; registered models: {models.names()}")
+  try:
+    fields = models.fields(full.model.name)
+  except KeyError as e:
+    raise ConfigError(str(e.args[0])) from None
+  for key in full.model.kwargs.keys():
+    if key not in fields:
+      raise ConfigError(f"model {full.model.name!r} has no field {key!r}.{_suggest(key, fields)} "
+                        f"Its fields: {sorted(fields)}")
+  if not full.data.name:
+    raise ConfigError("config sets no data.name (a dataset, e.g. 'digits_av')")
+  return full
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Imports ``FILE`` (or ``FILE:ARG``) and returns its ``get_config(ARG)``, unvalidated. The file's
+  folder is on ``sys.path`` while it loads, so configs can share helpers (``configs/digits_common.py``)."""
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.path.insert(0, str(file.parent.absolute()))  # config files may import their siblings
+  try:
+    module_spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(file.parent.absolute()))
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config()")
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_value(text: str, current):
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, bool):
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    if not isinstance(value, bool):
+      raise ConfigError(f"expected true/false, got {text!r}")
+  elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  elif isinstance(current, str) and not isinstance(value, str):
+    return text
+  elif current is not None and isinstance(current, (int, float)) and not isinstance(value, type(current)):
+    raise ConfigError(f"expected a {type(current).__name__}, got {text!r}")
+  elif isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(current)(value)
+  return value
+
+
+def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
+  """Applies ``"a.b.c=value"`` to ``cfg`` in place. The key must exist (model fields may be added to
+  ``model.kwargs``, free-form sections accept new keys); values are parsed as Python literals and
+  checked against the current value's type."""
+  key, eq, text = assignment.partition("=")
+  if not eq:
+    raise ConfigError(f"override {assignment!r} is not of the form key=value")
+  parts = key.split(".")
+  node = cfg
+  for i, part in enumerate(parts[:-1]):
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}.{_suggest(part, node.keys())}")
+    node = node[part]
+  leaf = parts[-1]
+  section = ".".join(parts[:-1])
+  if leaf not in node:
+    if section == "model.kwargs":
+      from mmjax import models
+
+      fields = models.fields(cfg.model.name)
+      if leaf not in fields:
+        raise ConfigError(f"model {cfg.model.name!r} has no field {leaf!r}.{_suggest(leaf, fields)}")
+      current = fields[leaf]
+    elif section in FREE_FORM:
+      current = None
+    else:
+      raise ConfigError(f"unknown config key {key!r}.{_suggest(leaf, node.keys())} "
+                        f"Known keys in {section or 'the top level'}: {sorted(node.keys())}")
+  else:
+    current = node[leaf]
+  value = _parse_value(text, current)
+  with node.unlocked():
+    node[leaf] = value
+
+
+def get_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """Loads ``FILE[:ARG]``, validates it, applies ``overrides`` (``"a.b=v"`` strings), validates again."""
+  cfg = validate(load_config_file(spec))
+  for assignment in overrides:
+    apply_override(cfg, assignment)
+  return validate(cfg)

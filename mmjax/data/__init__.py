@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders under ``builders/``) and the grain input pipeline (``pipeline.py``)."""

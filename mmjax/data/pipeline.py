@@ -1,0 +1,168 @@
+"""Input pipeline: TFDS data source -> grain -> dicts of numpy arrays, sharded by process.
+
+* Training: this process's shard of the split (``examples[process_index::process_count]``), shuffled
+  with the seed and reshuffled every epoch (grain ``shuffle().repeat()``), variable-length features padded
+  to ``max_lengths`` with ``<name>_mask`` booleans, batched with the remainder dropped. The dataset is
+  random-access, so batch ``s`` is a pure function of ``(seed, s)``: resuming at step ``s`` starts at
+  batch ``s`` with no iterator state to checkpoint.
+* Evaluation: every example exactly once, in order; the last batch is filled with copies of an example
+  whose ``_valid`` flag is 0, so metrics count each real example once and shapes stay static.
+
+Only the array_record format is used (read by ``tfds.data_source``), so TensorFlow is never needed.
+Features: ``uint8`` arrays become ``float32`` in [0, 1]; other integers ``int32``; floats ``float32``;
+string features are dropped (they cannot go on a device).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
+
+EMBEDDED = ("digits_av",)  # datasets whose data ships inside the package (built on first use)
+
+
+class DatasetError(RuntimeError):
+  """A dataset that is unknown, not prepared, or whose examples do not fit the config."""
+
+
+def get_builder(name: str, data_dir: str | None = None):
+  """The TFDS builder ``name`` writing/reading array_record files under ``data_dir``."""
+  try:
+    return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetError(
+        f"unknown dataset {name!r}. mmjax's embedded datasets: {list(EMBEDDED)}; other names must be "
+        "TFDS builders (see `mmjax data build --help`)."
+    ) from None
+
+
+def prepare(name: str, data_dir: str | None = None):
+  """Builds dataset ``name`` (a no-op when already prepared) and returns its builder."""
+  builder = get_builder(name, data_dir)
+  if not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+def open_split(data_cfg, split: str):
+  """The random-access data source of ``split``; prepares embedded datasets when ``data_cfg.prepare``."""
+  builder = get_builder(data_cfg.name, data_cfg.data_dir)
+  if not builder.is_prepared():
+    if data_cfg.name in EMBEDDED and data_cfg.prepare:
+      builder.download_and_prepare(file_format="array_record")
+    else:
+      raise DatasetError(
+          f"dataset {data_cfg.name!r} is not prepared in {builder.data_dir}. Run "
+          f"`mmjax data build {data_cfg.name}` (add --data_dir to choose where), then try again."
+      )
+  if split not in builder.info.splits:
+    raise DatasetError(
+        f"dataset {data_cfg.name!r} has no split {split!r}; splits: {sorted(builder.info.splits)}"
+    )
+  check_max_lengths(builder.info.features, dict(data_cfg.max_lengths), data_cfg.name)
+  return builder.as_data_source(split=split)
+
+
+def check_max_lengths(features, max_lengths: dict, name: str) -> None:
+  """Every variable-length feature needs a padded length in ``data.max_lengths``, and vice versa."""
+  variable = sorted(k for k, f in features.items() if getattr(f, "shape", None) and None in f.shape)
+  missing = [k for k in variable if k not in max_lengths]
+  if missing:
+    raise DatasetError(
+        f"dataset {name!r} has variable-length features {missing}; set data.max_lengths for them "
+        f"(e.g. --config.data.max_lengths.{missing[0]}=128)"
+    )
+  unknown = sorted(set(max_lengths) - set(features.keys()))
+  if unknown:
+    raise DatasetError(f"data.max_lengths names {unknown}, which dataset {name!r} does not have "
+                       f"(features: {sorted(features.keys())})")
+
+
+class PadAndCast:
+  """Per-example transform: pad variable-length features, add masks and ``_valid``, cast dtypes."""
+
+  def __init__(self, max_lengths: dict, truncate: bool):
+    self.max_lengths = {k: int(v) for k, v in max_lengths.items()}
+    self.truncate = truncate
+
+  def __call__(self, example: dict) -> dict:
+    out = {"_valid": np.float32(1.0)}
+    for key, value in example.items():
+      value = np.asarray(value)
+      if value.dtype.kind in "OSU":
+        continue
+      if key in self.max_lengths:
+        length, n = self.max_lengths[key], value.shape[0]
+        if n > length:
+          if not self.truncate:
+            raise DatasetError(
+                f"feature {key!r} has {n} steps but data.max_lengths.{key} is {length}; raise the "
+                "length or set data.truncate=True"
+            )
+          value, n = value[:length], length
+        padded = np.zeros((length,) + value.shape[1:], value.dtype)
+        padded[:n] = value
+        out[f"{key}_mask"] = np.arange(length) < n
+        value = padded
+      if value.dtype == np.uint8:
+        value = value.astype(np.float32) / 255.0
+      elif value.dtype.kind in "iu":
+        value = value.astype(np.int32)
+      elif value.dtype.kind == "f":
+        value = value.astype(np.float32)
+      out[key] = value
+    return out
+
+
+def stack(examples) -> dict:
+  """Stacks a list of example dicts into a batch dict."""
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """This process's share of the global batch (a clear error when it does not divide)."""
+  if global_batch_size % process_count:
+    raise DatasetError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
+  return global_batch_size // process_count
+
+
+def train_batches(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Endless iterator of this process's training batches, starting at batch ``start_step``."""
+  source = open_split(data_cfg, data_cfg.train_split)
+  local = local_batch_size(global_batch_size, process_count)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  if len(ds) < local:
+    raise DatasetError(f"split {data_cfg.train_split!r} has {len(ds)} examples for this process, fewer "
+                       f"than one batch of {local}")
+  ds = ds.shuffle(seed=seed).repeat(None).map(PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate))
+  ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
+  ds = ds[start_step:]
+  read = grain.ReadOptions(num_threads=max(int(data_cfg.num_threads), 1), prefetch_buffer_size=4)
+  return iter(ds.to_iter_dataset(read))
+
+
+def eval_batches(data_cfg, split: str, *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example of ``split`` once (this process's shard), padded to full batches with ``_valid = 0``.
+
+  All processes yield the same number of batches, as a global step needs every process."""
+  source = open_split(data_cfg, split)
+  local = local_batch_size(global_batch_size, process_count)
+  pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
+  ds = grain.MapDataset.source(source)[process_index::process_count].map(pad)
+  num_batches = math.ceil(math.ceil(len(source) / process_count) / local)
+  filler = None
+  for b in range(num_batches):
+    examples = [ds[i] for i in range(b * local, min((b + 1) * local, len(ds)))]
+    if len(examples) < local:
+      if filler is None:
+        filler = dict(pad(source[0]), _valid=np.float32(0.0))
+      examples += [filler] * (local - len(examples))
+    yield stack(examples)

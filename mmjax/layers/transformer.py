@@ -1,0 +1,93 @@
+"""Pre-LayerNorm transformer layers: self-attention and cross-modal (queries from one modality,
+keys/values from another), following Vaswani et al. (2017) with the pre-LN placement of
+Xiong et al. (2020)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.layers.attention import dot_product_attention
+
+
+def key_padding_mask(mask: jax.Array | None) -> jax.Array | None:
+  """``[B, Lk]`` key-validity mask to the attention layout ``[B, 1, 1, Lk]``."""
+  return None if mask is None else mask[:, None, None, :]
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention; queries from ``x_q [B, Lq, E]``, keys/values from ``x_kv [B, Lk, E']``."""
+
+  num_heads: int
+  dropout: float = 0.0
+  attention: str = "xla"  # kernel; see mmjax.layers.attention.IMPLEMENTATIONS
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, *, mask=None, causal=False, train: bool):
+    width = x_q.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    head = width // self.num_heads
+    dense = lambda name: nn.DenseGeneral((self.num_heads, head), dtype=self.dtype, name=name)  # noqa: E731
+    q, k, v = dense("query")(x_q), dense("key")(x_kv), dense("value")(x_kv)
+    rate = self.dropout if train else 0.0
+    out = dot_product_attention(
+        q, k, v, mask=mask, causal=causal, dropout_rate=rate,
+        dropout_rng=self.make_rng("dropout") if rate > 0 else None,
+        implementation=self.attention,
+    )
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+
+
+class EncoderLayer(nn.Module):
+  """``x + Attn(LN(x), LN(ctx))`` then ``x + MLP(LN(x))``; ``ctx = x`` for self-attention."""
+
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, *, mask=None, causal=False, train: bool):
+    h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
+    ctx = h if context is None else nn.LayerNorm(dtype=self.dtype, name="ln_context")(context)
+    h = MultiHeadAttention(
+        self.num_heads, self.attention_dropout, self.attention, self.dtype, name="attn"
+    )(h, ctx, mask=mask, causal=causal, train=train)
+    x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
+    h = nn.Dense(self.mlp_ratio * x.shape[-1], dtype=self.dtype, name="fc1")(h)
+    h = nn.Dropout(self.dropout)(nn.relu(h), deterministic=not train)
+    h = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+    return x + nn.Dropout(self.dropout)(h, deterministic=not train)
+
+
+class Encoder(nn.Module):
+  """A stack of :class:`EncoderLayer` plus a final LayerNorm.
+
+  ``mask [B, Lk]`` marks valid key steps (of ``context`` when given, else of ``x``).
+  """
+
+  num_layers: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, *, mask=None, causal=False, train: bool):
+    attn_mask = key_padding_mask(mask)
+    for i in range(self.num_layers):
+      x = EncoderLayer(
+          self.num_heads, self.mlp_ratio, self.dropout, self.attention_dropout, self.attention,
+          self.dtype, name=f"layer_{i}",
+      )(x, context, mask=attn_mask, causal=causal, train=train)
+    return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)

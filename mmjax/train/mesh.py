@@ -1,0 +1,108 @@
+"""Device mesh and sharding rules; multi-host initialisation.
+
+The mesh has three named axes, ``("data", "fsdp", "tensor")``. The batch is split over ``data`` and
+``fsdp``; parameters annotated with logical axis names (``nn.with_logical_partitioning``) are placed by
+:data:`DEFAULT_RULES` (``embed`` over ``fsdp``, ``mlp``/``heads``/``vocab`` over ``tensor``); parameters
+without annotations are replicated. The same code runs on one CPU and on a multi-host pod.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+DEFAULT_RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+  """Calls ``jax.distributed.initialize`` when a multi-process run is requested.
+
+  Arguments left ``None`` are read from ``MMJAX_COORDINATOR``, ``MMJAX_NUM_PROCESSES`` and
+  ``MMJAX_PROCESS_ID``; with none of them set this is a single-process run and nothing happens (on
+  SLURM/TPU pods call ``jax.distributed.initialize()`` yourself: it discovers the cluster). On the CPU
+  backend the gloo collectives are selected so that CPU processes can communicate.
+  """
+  coordinator_address = coordinator_address or os.environ.get("MMJAX_COORDINATOR")
+  if num_processes is None and "MMJAX_NUM_PROCESSES" in os.environ:
+    num_processes = int(os.environ["MMJAX_NUM_PROCESSES"])
+  if process_id is None and "MMJAX_PROCESS_ID" in os.environ:
+    process_id = int(os.environ["MMJAX_PROCESS_ID"])
+  if coordinator_address is None:
+    return
+  if num_processes is None or process_id is None:
+    raise ValueError(
+        "a multi-process run needs the coordinator address, the number of processes and this process's id"
+    )
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+
+
+def make_mesh(shape: dict | None = None, devices=None) -> Mesh:
+  """A ``Mesh`` with axes :data:`AXES`.
+
+  Args:
+    shape: sizes per axis name, e.g. ``{"data": -1, "fsdp": 1, "tensor": 1}``; one axis may be ``-1``
+      (all remaining devices). Defaults to pure data parallelism over every device.
+    devices: the devices to use (default: ``jax.devices()``, all processes).
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  shape = dict(shape or {"data": -1})
+  unknown = set(shape) - set(AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; mesh axes are {AXES}")
+  sizes = [int(shape.get(a, 1)) for a in AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1; got {shape}")
+  if -1 in sizes:
+    rest = math.prod(s for s in sizes if s != -1)
+    if devices.size % rest:
+      raise ValueError(f"{devices.size} devices cannot fill mesh {shape}")
+    sizes[sizes.index(-1)] = devices.size // rest
+  if math.prod(sizes) != devices.size:
+    wanted = dict(zip(AXES, sizes, strict=True))
+    raise ValueError(f"mesh {wanted} needs {math.prod(sizes)} devices but {devices.size} are available")
+  return Mesh(devices.reshape(sizes), AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Fully replicated sharding."""
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """Number of shards of the batch dimension."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
+  """``NamedSharding`` for every leaf of an abstract (``eval_shape``) tree that may hold flax
+  ``LogicallyPartitioned`` boxes; unannotated leaves are replicated. The result has the structure of
+  the *unboxed* tree."""
+  specs = nn.get_partition_spec(boxed_abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))

@@ -1,0 +1,19 @@
+"""The training state: one pytree holding everything a run needs to resume bit-exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """``step`` (int32 scalar), model ``params``, optimizer state, and the base PRNG key (raw uint32
+  ``[2]``; each step folds in the step number, so resuming replays the same randomness)."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array

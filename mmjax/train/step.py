@@ -1,0 +1,64 @@
+"""``train_step`` and ``eval_step`` as module-level pure functions, and their jitted, sharded forms."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmjax.train.state import TrainState
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, task):
+  """One optimizer step. Returns the new state and scalar metrics (loss, task metrics, norms).
+
+  The dropout key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same randomness.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, aux = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+    return task.loss(outputs, aux, batch)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model, task):
+  """Sums of evaluation metrics over the valid examples of one batch (see :mod:`mmjax.tasks`)."""
+  outputs, aux = model.apply({"params": params}, batch, train=False)
+  return task.eval_sums(outputs, aux, batch)
+
+
+def jit_train_step(model, tx, task, state_shardings, batch_shardings, mesh):
+  """``train_step`` jitted with explicit in/out shardings and the state donated."""
+  from mmjax.train.mesh import replicated
+
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, task=task),
+      in_shardings=(state_shardings, batch_shardings),
+      out_shardings=(state_shardings, replicated(mesh)),
+      donate_argnums=(0,),
+  )
+
+
+def jit_eval_step(model, task, params_shardings, batch_shardings, mesh):
+  """``eval_step`` jitted with explicit in/out shardings."""
+  from mmjax.train.mesh import replicated
+
+  return jax.jit(
+      functools.partial(eval_step, model=model, task=task),
+      in_shardings=(params_shardings, batch_shardings),
+      out_shardings=replicated(mesh),
+  )
+
+
+def sum_metrics(a: dict | None, b: dict) -> dict:
+  """Element-wise sum of two metric dicts (``a`` may be None)."""
+  return b if a is None else jax.tree_util.tree_map(jnp.add, a, b)
