@@ -52,7 +52,10 @@ class Checkpointer:
         save_interval_steps=save_every if save_every > 0 else 1,
     )
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+      )
     except Exception as e:  # an unreadable directory, a file where the directory should be, ...
       raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {e}") from e
 
