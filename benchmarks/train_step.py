@@ -179,6 +179,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                  help="results directory")
   args = p.parse_args(rest)
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be at least 1 and --warmup at least 0")
 
   from mmjax.config import get_config
 

@@ -14,15 +14,15 @@ def base(arg=None):
   c.data.name = "digits_av"
   c.data.max_lengths = {"audio": 80, "text": 20}  # longest in the data: 79, 20
   c.batch_size = 64
-  c.num_steps = 1500
+  c.num_steps = 600
   c.optimizer.lr = 2e-3
   c.optimizer.schedule = "warmup_cosine"
-  c.optimizer.warmup_steps = 100
+  c.optimizer.warmup_steps = 50
   c.optimizer.weight_decay = 1e-4
   c.optimizer.clip_norm = 1.0
   c.log_every = 50
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.eval_every = 200
+  c.checkpoint_every = 200
   return c
 
 

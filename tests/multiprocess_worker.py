@@ -5,9 +5,9 @@
 
 Joins the distributed run, then trains the ``runlocal`` late-fusion config with
 :func:`mmjax.train.train_and_evaluate` on the global mesh (shared ``--workdir``, orbax checkpoints
-included). It records, for this process, every step's loss (the replicated metrics of the jitted step)
-and the ``id`` of every example in the local batches the engine read, and writes them with the final
-metrics to ``--out``.
+included; run again on the same ``--workdir``, it resumes from the latest checkpoint). It records, for
+this process, every step's loss (the replicated metrics of the jitted step) and the ``id`` of every
+example in the local batches the engine read, and writes them with the final metrics to ``--out``.
 """
 
 from __future__ import annotations

@@ -26,18 +26,29 @@ def _child_env() -> dict:
   return env
 
 
-def _launch(tmp_path: Path, data_dir: str):
+def _launch(tmp_path: Path, data_dir: str, tag: str):
   """Starts the workers; returns ``[(process, out_path, log_path)]``."""
   port = portpicker.pick_unused_port()
   procs = []
   for i in range(NUM_PROCESSES):
-    out, log = tmp_path / f"worker{i}.json", tmp_path / f"worker{i}.log"
+    out, log = tmp_path / f"{tag}{i}.json", tmp_path / f"{tag}{i}.log"
     cmd = [sys.executable, str(WORKER), "--process_id", str(i), "--num_processes", str(NUM_PROCESSES),
            "--coordinator", f"localhost:{port}", "--data_dir", data_dir,
            "--workdir", str(tmp_path / "run"), "--out", str(out), "--steps", str(STEPS)]
     with log.open("w") as f:
       procs.append((subprocess.Popen(cmd, env=_child_env(), stdout=f, stderr=subprocess.STDOUT), out, log))
   return procs
+
+
+def _run(tmp_path: Path, data_dir: str, tag: str) -> list[dict]:
+  """Runs the workers to the end; returns their results, or fails with their logs."""
+  procs = _launch(tmp_path, data_dir, tag)
+  codes = _wait(procs)
+  if codes != [0] * NUM_PROCESSES:
+    logs = "\n".join(f"--- {tag} worker {i} (exit {c}) ---\n{log.read_text()[-6000:]}"
+                     for i, (c, (_, _, log)) in enumerate(zip(codes, procs, strict=True)))
+    raise AssertionError(f"{tag} workers did not all exit 0 within {TIMEOUT_S} s: {codes}\n{logs}")
+  return [json.loads(out.read_text()) for _, out, _ in procs]
 
 
 def _wait(procs) -> list[int | None]:
@@ -57,14 +68,8 @@ def _wait(procs) -> list[int | None]:
 
 def test_two_processes_train_one_run(tmp_path, data_dir):
   """Both processes finish, see one global 2-device mesh, agree on every loss, read disjoint halves of
-  the training split, and write one shared set of orbax checkpoints."""
-  procs = _launch(tmp_path, data_dir)
-  codes = _wait(procs)
-  if codes != [0] * NUM_PROCESSES:
-    logs = "\n".join(f"--- worker {i} (exit {c}) ---\n{log.read_text()[-6000:]}"
-                     for i, (c, (_, _, log)) in enumerate(zip(codes, procs, strict=True)))
-    raise AssertionError(f"workers did not all exit 0 within {TIMEOUT_S} s: {codes}\n{logs}")
-  results = [json.loads(out.read_text()) for _, out, _ in procs]
+  the training split, and write one shared set of orbax checkpoints that both restore again."""
+  results = _run(tmp_path, data_dir, "train")
 
   for i, r in enumerate(results):
     assert (r["process_index"], r["process_count"]) == (i, NUM_PROCESSES)
@@ -95,3 +100,11 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
   checkpoints = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
   assert checkpoints == [STEPS // 2, STEPS]
   assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == STEPS
+
+  # Run again: both processes restore the final (sharded) checkpoint, train nothing, evaluate the same.
+  again = _run(tmp_path, data_dir, "restore")
+  for r in again:
+    assert r["final"]["step"] == STEPS and r["losses"] == [] and r["ids"] == []
+    for split in ("validation", "test"):
+      for key, value in a["final"][split].items():
+        np.testing.assert_allclose(r["final"][split][key], value, rtol=0, atol=1e-6, err_msg=f"{split}.{key}")

@@ -224,13 +224,18 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
   )
   bar = tqdm(total=config.num_steps, initial=start, disable=not (config.progress and is_main),
              desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-  pending, window_start, t0, window = [], start, time.perf_counter(), {}
+  pending, window_start, t0, timed_from, window = [], start, time.perf_counter(), 0, {}
+  if start >= config.num_steps and (workdir / "metrics.json").exists():  # a finished run, evaluated again
+    window = json.loads((workdir / "metrics.json").read_text()).get("train", {})
   with _SigtermFlag() as sigterm:
     for step in range(start, config.num_steps):
       state, metrics = train_fn(state, make_global_batch(next(batches), run.batch_sharding))
       pending.append(metrics)
       bar.update(1)
       done = step + 1
+      if step == start:  # the first step includes compilation: time the window from its end
+        jax.block_until_ready(metrics)
+        t0, timed_from = time.perf_counter(), len(pending)
       if done % config.log_every == 0 or done == config.num_steps:
         window = _pull(pending)
         if not np.isfinite(window["loss"]):
@@ -238,11 +243,12 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
               f"loss is {window['loss']} in steps {window_start + 1}..{done}; stopping. Lower the "
               "learning rate, enable clipping (optimizer.clip_norm), or check the data."
           )
-        rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
+        timed = len(pending) - timed_from
+        rate = timed / max(time.perf_counter() - t0, 1e-9) if timed else None
         log.write(step=done, split="train", steps_per_s=rate,
-                  examples_per_s=rate * config.batch_size, **window)
+                  examples_per_s=rate and rate * config.batch_size, **window)
         bar.set_postfix(loss=f"{window['loss']:.4f}", acc=f"{window.get('accuracy', float('nan')):.3f}")
-        pending, window_start, t0 = [], done, time.perf_counter()
+        pending, window_start, t0, timed_from = [], done, time.perf_counter(), 0
       if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
         result = run.evaluate(state.params, config.data.eval_split, eval_fn)
         log.write(step=done, split=config.data.eval_split, **result)

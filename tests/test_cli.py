@@ -1,0 +1,125 @@
+"""The ``mmjax`` command line as users run it, in subprocesses: kill and resume, eval, data, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import CONFIGS, ROOT
+
+CONFIG = f"{CONFIGS / 'late_fusion_digits.py'}:runlocal"
+# 30 steps, a checkpoint every 5: long enough to interrupt, short enough for CI.
+RUN = ["--config.num_steps=30", "--config.checkpoint_every=5", "--config.log_every=5",
+       "--config.eval_every=0"]
+
+
+def mmjax(*args, **kwargs):
+  return subprocess.Popen([sys.executable, "-m", "mmjax", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(proc, timeout=300):
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"mmjax did not finish in {timeout}s:\n{err[-3000:]}")
+  return proc.returncode, out, err
+
+
+def train(workdir, data_dir, *extra):
+  return mmjax("train", "--config", CONFIG, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+               *RUN, *extra)
+
+
+def wait_for_checkpoint(proc, workdir, step, timeout=300):
+  path = workdir / "checkpoints" / str(step)
+  start = time.time()
+  while not (path / "_CHECKPOINT_METADATA").exists():
+    if proc.poll() is not None:
+      pytest.fail(f"run ended before checkpoint {step}:\n{proc.stderr.read()[-3000:]}")
+    if time.time() - start > timeout:
+      proc.kill()
+      pytest.fail(f"no checkpoint {step} after {timeout}s")
+    time.sleep(0.05)
+
+
+def final_metrics(workdir):
+  m = json.loads((workdir / "metrics.json").read_text())
+  return {k: m[k] for k in ("step", "train", "validation", "test")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+  """An uninterrupted 30-step run."""
+  workdir = tmp_path_factory.mktemp("reference")
+  code, out, err = finish(train(workdir, data_dir))
+  assert code == 0, err[-3000:]
+  return workdir, final_metrics(workdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_same_final_metrics(sig, reference, data_dir, tmp_path):
+  _, expected = reference
+  proc = train(tmp_path, data_dir)
+  wait_for_checkpoint(proc, tmp_path, 5)
+  proc.send_signal(sig)
+  code, out, err = finish(proc)
+  assert not (tmp_path / "metrics.json").exists(), "the run finished before it was interrupted"
+  if sig == signal.SIGTERM:
+    assert code == 143 and "checkpoint saved" in out, err[-2000:]
+  else:
+    assert code == -signal.SIGKILL
+  code, out, err = finish(train(tmp_path, data_dir))
+  assert code == 0, err[-3000:]
+  assert "resuming from checkpoint at step" in out
+  assert final_metrics(tmp_path) == expected
+
+
+def test_eval_command_reproduces_the_final_test_metrics(reference, data_dir):
+  workdir, expected = reference
+  code, out, err = finish(mmjax("eval", "--config", CONFIG, "--workdir", str(workdir),
+                                f"--config.data.data_dir={data_dir}", *RUN))
+  assert code == 0, err[-3000:]
+  result = json.loads(out[out.index("{"):])
+  assert result["step"] == 30
+  assert result["test"]["accuracy"] == pytest.approx(expected["test"]["accuracy"], abs=1e-9)
+  assert result["test"]["loss"] == pytest.approx(expected["test"]["loss"], rel=1e-6)
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path, data_dir):
+  code, _, err = finish(mmjax("eval", "--config", CONFIG, "--workdir", str(tmp_path),
+                              f"--config.data.data_dir={data_dir}"))
+  assert code == 2 and "no checkpoint" in err and "Traceback" not in err
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  code, _, err = finish(mmjax("train", "--config", CONFIG, "--workdir", str(tmp_path),
+                              "--config.optimizer.lrate=3"))
+  assert code == 2 and "unknown config key 'optimizer.lrate'" in err and "Traceback" not in err
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+  code, _, err = finish(mmjax("train", "--config", CONFIG, "--workdir", str(tmp_path / "w"),
+                              f"--config.data.data_dir={tmp_path}", "--config.data.prepare=false"))
+  assert code == 2 and "not prepared" in err and "mmjax data build digits_av" in err
+  assert "Traceback" not in err
+
+
+def test_data_build_command(tmp_path):
+  code, out, err = finish(mmjax("data", "build", "digits_av", "--data_dir", str(tmp_path)))
+  assert code == 0, err[-2000:]
+  assert "'train': 1259" in out and (tmp_path / "digits_av" / "1.0.0").is_dir()
+
+
+def test_console_script_is_installed():
+  exe = shutil.which("mmjax", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  assert exe, "the `mmjax` console script is not on PATH; install the package with pip install -e ."
+  result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0 and "train" in result.stdout
