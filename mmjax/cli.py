@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
   build = data_sub.add_parser("build", help="prepare a dataset (array_record) for training")
   build.add_argument("name", help="dataset name, e.g. digits_av")
   build.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
+  build.add_argument("--manual_dir", default="",
+                     help="folder with the files of a dataset you downloaded yourself (e.g. cmu_mosei)")
   for sp in (train, ev):
     sp.add_argument("--coordinator", default=None,
                     help="multi-process: coordinator host:port (or MMJAX_COORDINATOR)")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     if args.command == "data":
       from mmjax.data import pipeline
 
-      builder = pipeline.prepare(args.name, args.data_dir or None)
+      builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None)
       splits = {k: v.num_examples for k, v in builder.info.splits.items()}
       print(f"mmjax: {args.name} ready in {builder.data_dir}: {splits}")
       return 0

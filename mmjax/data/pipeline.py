@@ -42,11 +42,15 @@ def get_builder(name: str, data_dir: str | None = None):
     ) from None
 
 
-def prepare(name: str, data_dir: str | None = None):
-  """Builds dataset ``name`` (a no-op when already prepared) and returns its builder."""
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
+  """Builds dataset ``name`` (a no-op when already prepared) and returns its builder.
+
+  ``manual_dir`` is where datasets that users download themselves (e.g. ``cmu_mosei``) find their files.
+  """
   builder = get_builder(name, data_dir)
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(file_format="array_record", download_config=config)
   return builder
 
 
@@ -57,9 +61,10 @@ def open_split(data_cfg, split: str):
     if data_cfg.name in EMBEDDED and data_cfg.prepare:
       builder.download_and_prepare(file_format="array_record")
     else:
+      manual = " --manual_dir DIR" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ""
       raise DatasetError(
           f"dataset {data_cfg.name!r} is not prepared in {builder.data_dir}. Run "
-          f"`mmjax data build {data_cfg.name}` (add --data_dir to choose where), then try again."
+          f"`mmjax data build {data_cfg.name}{manual}` (add --data_dir to choose where), then try again."
       )
   if split not in builder.info.splits:
     raise DatasetError(

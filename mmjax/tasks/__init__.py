@@ -4,6 +4,9 @@ A task is an object with
 ``loss(outputs, aux, batch) -> (scalar loss, {name: scalar})`` for training and
 ``eval_sums(outputs, aux, batch) -> {name: sum, ..., "count": n}`` for evaluation, where examples with
 ``batch["_valid"] == 0`` (padding added to fill the last evaluation batch) count for nothing.
+A task whose metrics are not sums (correlation, F1) also defines
+``eval_outputs(outputs, aux, batch) -> {name: [B, ...] array}`` (per-example predictions and labels) and
+``summarize(arrays) -> {name: float}``, called on the host with the valid examples of a whole split.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import difflib
 
 from mmjax.tasks.classification import Classification
+from mmjax.tasks.multilabel import MultiLabelBinary
+from mmjax.tasks.regression import Regression
 
-_TASKS = {"classification": Classification}
+_TASKS = {"classification": Classification, "regression": Regression,
+          "multilabel_binary": MultiLabelBinary}
 
 
 def get(name: str, **kwargs):
@@ -24,4 +30,4 @@ def get(name: str, **kwargs):
   return _TASKS[name](**kwargs)
 
 
-__all__ = ["Classification", "get"]
+__all__ = ["Classification", "MultiLabelBinary", "Regression", "get"]

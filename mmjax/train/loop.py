@@ -94,14 +94,23 @@ class Run:
     if eval_fn is None:
       eval_fn = jit_eval_step(self.model, self.task, self.state_shardings.params, self.batch_sharding,
                               self.mesh)
-    total = None
+    total, collected = None, []
     for local in pipeline.eval_batches(cfg.data, split, global_batch_size=cfg.eval_batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
-      total = sum_metrics(total, eval_fn(params, make_global_batch(local, self.batch_sharding)))
+      sums, per_example = eval_fn(params, make_global_batch(local, self.batch_sharding))
+      total = sum_metrics(total, sums)
+      if per_example:
+        collected.append(per_example)
     total = jax.device_get(total)
     count = float(total.pop("count"))
-    return {**{k: float(v) / max(count, 1.0) for k, v in total.items()}, "count": int(count)}
+    result = {k: float(v) / max(count, 1.0) for k, v in total.items()}
+    if collected:  # metrics over all predictions (correlation, F1, ...)
+      arrays = {k: np.concatenate([np.asarray(c[k]) for c in jax.device_get(collected)])
+                for k in collected[0]}
+      valid = arrays.pop("_valid") > 0
+      result.update(self.task.summarize({k: v[valid] for k, v in arrays.items()}))
+    return {**result, "count": int(count)}
 
 
 def build_run(config, workdir, devices=None) -> Run:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.train.mesh import replicated
 from mmjax.train.state import TrainState
 
 
@@ -31,15 +32,19 @@ def train_step(state: TrainState, batch: dict, *, model, tx, task):
 
 
 def eval_step(params, batch: dict, *, model, task):
-  """Sums of evaluation metrics over the valid examples of one batch (see :mod:`mmjax.tasks`)."""
+  """Sums of evaluation metrics over the valid examples of one batch, and the per-example arrays the
+  task needs for metrics that are not sums (``task.eval_outputs``, plus ``_valid``; empty when the task
+  has none). See :mod:`mmjax.tasks`."""
   outputs, aux = model.apply({"params": params}, batch, train=False)
-  return task.eval_sums(outputs, aux, batch)
+  per_example = {}
+  if hasattr(task, "eval_outputs"):
+    per_example = dict(task.eval_outputs(outputs, aux, batch))
+    per_example["_valid"] = batch.get("_valid", jnp.ones(outputs.shape[:1], jnp.float32))
+  return task.eval_sums(outputs, aux, batch), per_example
 
 
 def jit_train_step(model, tx, task, state_shardings, batch_shardings, mesh):
   """``train_step`` jitted with explicit in/out shardings and the state donated."""
-  from mmjax.train.mesh import replicated
-
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, task=task),
       in_shardings=(state_shardings, batch_shardings),
@@ -49,9 +54,7 @@ def jit_train_step(model, tx, task, state_shardings, batch_shardings, mesh):
 
 
 def jit_eval_step(model, task, params_shardings, batch_shardings, mesh):
-  """``eval_step`` jitted with explicit in/out shardings."""
-  from mmjax.train.mesh import replicated
-
+  """``eval_step`` jitted with explicit in/out shardings (per-example outputs are gathered)."""
   return jax.jit(
       functools.partial(eval_step, model=model, task=task),
       in_shardings=(params_shardings, batch_shardings),

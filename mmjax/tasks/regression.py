@@ -1,0 +1,66 @@
+"""Scalar regression (CMU-MOSI / MOSEI sentiment in [-3, 3]): L1 or L2 loss, paper metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from mmjax.metrics import mosi_metrics
+from mmjax.tasks.classification import example_weights
+
+LOSSES = ("l1", "l2")
+METRICS = ("mosi", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Regression:
+  """Predicts ``batch[label_key] [B]`` (or ``[B, 1]``) from ``outputs [B, 1]``.
+
+  ``loss="l1"`` is the L1 loss MulT trains MOSI/MOSEI with (Tsai et al., 2019); ``metrics="mosi"`` adds
+  MAE, Pearson correlation, Acc7/Acc5, binary accuracy and F1 in both conventions
+  (:func:`mmjax.metrics.mosi_metrics`) to every evaluation.
+  """
+
+  label_key: str = "label"
+  loss_type: str = "l1"  # or "l2"
+  metrics: str = "mosi"  # or "" for the loss only
+
+  def __post_init__(self):
+    if self.loss_type not in LOSSES:
+      raise ValueError(f"unknown regression loss {self.loss_type!r}; available: {LOSSES}")
+    if self.metrics not in METRICS:
+      raise ValueError(f"unknown regression metrics {self.metrics!r}; available: {METRICS}")
+
+  def _errors(self, outputs, batch):
+    if outputs.ndim != 2 or outputs.shape[-1] != 1:
+      raise ValueError(f"regression expects outputs [B, 1]; got {outputs.shape} (set output_dim=1)")
+    pred = outputs[:, 0].astype(jnp.float32)
+    label = batch[self.label_key].reshape(pred.shape[0]).astype(jnp.float32)
+    diff = pred - label
+    return pred, label, jnp.abs(diff) if self.loss_type == "l1" else diff**2
+
+  def loss(self, outputs, aux, batch):
+    """Mean L1 (or L2) error over the batch."""
+    del aux
+    _, _, errors = self._errors(outputs, batch)
+    w = example_weights(batch, errors.shape[0])
+    loss = (errors * w).sum() / jnp.maximum(w.sum(), 1.0)
+    return loss, {"loss": loss}
+
+  def eval_sums(self, outputs, aux, batch):
+    """Sum of errors over valid examples, and their count."""
+    del aux
+    _, _, errors = self._errors(outputs, batch)
+    w = example_weights(batch, errors.shape[0])
+    return {"loss": (errors * w).sum(), "count": w.sum()}
+
+  def eval_outputs(self, outputs, aux, batch):
+    """Per-example predictions and labels, for the split-level metrics."""
+    del aux
+    pred, label, _ = self._errors(outputs, batch)
+    return {"pred": pred, "label": label}
+
+  def summarize(self, arrays):
+    """Paper metrics over a whole split."""
+    return mosi_metrics(arrays["pred"], arrays["label"]) if self.metrics == "mosi" else {}
