@@ -1,5 +1,6 @@
 """TFDS builders of mmjax; importing this package registers them with tfds."""
 
 from mmjax.data.builders.digits_av import DigitsAv
+from mmjax.data.builders.multimodal_sentiment import CmuMosei, CmuMosi, Iemocap
 
-__all__ = ["DigitsAv"]
+__all__ = ["CmuMosei", "CmuMosi", "DigitsAv", "Iemocap"]
