@@ -125,6 +125,22 @@ class PadAndCast:
     return out
 
 
+def example_from_features(data_cfg, batch_size: int = 1) -> dict:
+  """A zero batch with the shapes and dtypes the pipeline would produce for ``data_cfg``, built from the
+  dataset's feature description alone (no data needed): for shape checks of configs and models."""
+  builder = get_builder(data_cfg.name, data_cfg.data_dir)
+  features = builder.info.features
+  check_max_lengths(features, dict(data_cfg.max_lengths), data_cfg.name)
+  example = {}
+  for key, feature in features.items():
+    dtype = np.dtype(feature.np_dtype)
+    if dtype.kind in "OSU":
+      continue
+    example[key] = np.zeros(tuple(1 if d is None else d for d in feature.shape), dtype)
+  pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
+  return stack([pad(example)] * batch_size)
+
+
 def stack(examples) -> dict:
   """Stacks a list of example dicts into a batch dict."""
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
