@@ -1,21 +1,49 @@
 """Scaled dot-product attention behind one signature, with a pluggable kernel.
 
 Every model in mmjax calls :func:`dot_product_attention`, so the kernel is a config choice and the
-attention benchmark measures exactly what the models run. Kernels:
+attention benchmark measures exactly what the models run. Kernels (:data:`IMPLEMENTATIONS`):
 
-* ``"xla"``: the plain einsum-softmax reference (softmax in float32).
-* ``"jax"``: ``jax.nn.dot_product_attention`` with its XLA implementation.
+* ``"xla"``: the plain einsum-softmax reference (softmax in float32); everything, dropout included.
+* ``"jax"``: ``jax.nn.dot_product_attention`` with its XLA implementation (lengths passed through).
+* ``"cudnn"``: ``jax.nn.dot_product_attention(implementation="cudnn")``; GPU, float16/bfloat16, head size
+  a multiple of 8 up to 128, key lengths / causal only (no dense masks, no dropout).
+* ``"pallas"``: the Pallas (Triton) flash-attention kernel ``jax.experimental.pallas.ops.gpu.attention.mha``;
+  GPU, or any backend with ``interpret=True`` (tests). Key lengths / causal only, no dropout.
+* ``"chunked"``: memory-efficient blockwise attention in pure JAX (online softmax over key blocks, a
+  ``custom_vjp`` that recomputes the scores in the backward pass and stores only the output and the
+  log-sum-exp per query); any backend, everything, dropout included (its own deterministic masks).
+* ``"auto"``: :func:`select_implementation` picks one by backend, dtype and shape, and logs the choice once.
 
 Shapes: queries ``[B, Lq, H, D]``, keys/values ``[B, Lk, K, D]`` with ``H % K == 0`` (grouped KV heads),
-``mask`` broadcastable to ``[B, H, Lq, Lk]`` (True = may attend).
+``mask`` broadcastable to ``[B, H, Lq, Lk]`` (True = may attend), ``key_lengths [B]`` (key ``j`` is valid
+when ``j < key_lengths[b]``; lengths must be >= 1). Causal means query ``i`` sees keys ``j <= i``.
+A query row with no visible key gives a uniform average over all keys in ``"xla"``/``"jax"`` and zeros
+in ``"chunked"``; no model relies on either.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "jax")
+IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "chunked", "auto")
+KERNELS = IMPLEMENTATIONS[:-1]
+
+# Run the Pallas kernel in interpret mode (so it runs on CPU); only tests set this.
+PALLAS_INTERPRET = False
+# "auto" on CPU switches from "xla" to "chunked" when one batch's float32 score matrix B*H*Lq*Lk*4 bytes
+# exceeds this (see benchmarks/README.md, "Attention": where chunked becomes faster/necessary on CPU).
+AUTO_CHUNKED_SCORE_BYTES = 64 * 2**20
+# Same switch for "auto" on accelerators (memory, not speed: XLA's dense path is fast while it fits).
+AUTO_CHUNKED_SCORE_BYTES_ACCEL = 1 * 2**30
+CHUNK_SIZE = 512  # key block of "chunked"
+
+_NEG = -1e30  # finite "minus infinity" for masked logits
+_log = logging.getLogger(__name__)
+_logged_choices: set[tuple[str, str]] = set()
 
 
 def _check_shapes(query, key, value):
@@ -41,6 +69,18 @@ def causal_mask(q_len: int, k_len: int, offset: int = 0) -> jax.Array:
   return jnp.arange(k_len)[None, :] <= jnp.arange(q_len)[:, None] + offset
 
 
+def lengths_mask(key_lengths: jax.Array, k_len: int) -> jax.Array:
+  """``[B]`` key lengths to a ``[B, 1, 1, Lk]`` bool mask."""
+  return (jnp.arange(k_len)[None, :] < jnp.asarray(key_lengths)[:, None])[:, None, None, :]
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+# ------------------------------------------------------------------------------------------------ xla
+
+
 def _xla_attention(query, key, value, mask, scale, dropout_rate, dropout_rng):
   b, lq, h, d = query.shape
   k_heads = key.shape[2]
@@ -60,6 +100,277 @@ def _xla_attention(query, key, value, mask, scale, dropout_rate, dropout_rng):
   return out.reshape(b, lq, h, d)
 
 
+# -------------------------------------------------------------------------------------------- chunked
+
+
+def _chunk_layout(query, key, block):
+  """Key block size and padded key length for "chunked"."""
+  lk = key.shape[1]
+  bk = min(block, _round_up(lk, 8))
+  return bk, _round_up(lk, bk)
+
+
+def _to_blocks(x, bk, nb):
+  """``[B, Lk, ...]`` (zero-padded to ``nb*bk``) -> ``[nb, B, bk, ...]``."""
+  pad = nb * bk - x.shape[1]
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  x = x.reshape(x.shape[0], nb, bk, *x.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb):
+  """User mask -> ``[nb, Bm, Km, Gm, Lqm, bk]`` (size-1 dims kept) for the scan, or None."""
+  if mask is None:
+    return None
+  mask = jnp.asarray(mask, bool)
+  mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  bm, hm, qm, _ = mask.shape
+  mask = jnp.broadcast_to(mask, (bm, hm, qm, lk))
+  if hm == h:
+    mask = mask.reshape(bm, k_heads, h // k_heads, qm, lk)
+  else:
+    mask = mask.reshape(bm, 1, 1, qm, lk)
+  mask = jnp.pad(mask, [(0, 0)] * 4 + [(0, nb * bk - lk)])
+  mask = mask.reshape(*mask.shape[:4], nb, bk)
+  return jnp.moveaxis(mask, 4, 0)
+
+
+def chunked_dropout_keep(rng, rate, shape, block, j):
+  """Keep mask ``[B, K, G, Lq, bk]`` of key block ``j``: the same draw in the forward and backward pass."""
+  del block
+  return jax.random.bernoulli(jax.random.fold_in(rng, j), 1.0 - rate, shape)
+
+
+def _block_allowed(j, bk, lq, klen, mask_j, causal):
+  """Bool ``[B|1, K|1, G|1, Lq, bk]``: which (query, key) pairs of key block ``j`` may attend."""
+  kpos = j * bk + jnp.arange(bk)
+  allowed = (kpos[None, :] < klen[:, None])[:, None, None, None, :]  # [B, 1, 1, 1, bk]
+  if causal:
+    allowed = allowed & (kpos[None, :] <= jnp.arange(lq)[:, None])[None, None, None]
+  if mask_j is not None:
+    allowed = allowed & mask_j
+  return allowed
+
+
+def _chunked_fwd_core(q, k, v, klen, mask, rng, scale, causal, block, rate):
+  b, lq, h, d = q.shape
+  k_heads = k.shape[2]
+  g = h // k_heads
+  bk, lk_pad = _chunk_layout(q, k, block)
+  nb = lk_pad // bk
+  qg = q.reshape(b, lq, k_heads, g, d)
+  xs = (jnp.arange(nb), _to_blocks(k, bk, nb), _to_blocks(v, bk, nb),
+        _mask_blocks(mask, b, h, k_heads, lq, k.shape[1], bk, nb))
+
+  def step(carry, x):
+    acc, m, den = carry
+    j, kj, vj, mj = x
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kj, preferred_element_type=jnp.float32) * scale
+    allowed = _block_allowed(j, bk, lq, klen, mj, causal)
+    s = jnp.where(allowed, s, _NEG)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.where(allowed, jnp.exp(s - m_new[..., None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    den = den * corr + p.sum(-1)
+    if rate > 0.0:
+      p = jnp.where(chunked_dropout_keep(rng, rate, p.shape, bk, j), p / (1.0 - rate), 0.0)
+    pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+    return (acc * corr[..., None] + pv, m_new, den), None
+
+  init = (jnp.zeros((b, k_heads, g, lq, d), jnp.float32), jnp.full((b, k_heads, g, lq), _NEG, jnp.float32),
+          jnp.zeros((b, k_heads, g, lq), jnp.float32))
+  (acc, m, den), _ = jax.lax.scan(step, init, xs)
+  safe = jnp.where(den > 0, den, 1.0)
+  out = acc / safe[..., None]
+  lse = jnp.where(den > 0, m + jnp.log(safe), jnp.inf)
+  out = jnp.moveaxis(out, 3, 1).reshape(b, lq, h, d).astype(v.dtype)
+  return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _chunked(q, k, v, klen, mask, rng, scale, causal, block, rate):
+  return _chunked_fwd_core(q, k, v, klen, mask, rng, scale, causal, block, rate)[0]
+
+
+def _chunked_fwd(q, k, v, klen, mask, rng, scale, causal, block, rate):
+  out, lse = _chunked_fwd_core(q, k, v, klen, mask, rng, scale, causal, block, rate)
+  return out, (q, k, v, klen, mask, rng, out, lse)
+
+
+def _chunked_bwd(scale, causal, block, rate, res, dout):
+  q, k, v, klen, mask, rng, out, lse = res
+  b, lq, h, d = q.shape
+  lk, k_heads = k.shape[1], k.shape[2]
+  g = h // k_heads
+  bk, lk_pad = _chunk_layout(q, k, block)
+  nb = lk_pad // bk
+  f32 = jnp.float32
+  qg = q.reshape(b, lq, k_heads, g, d).astype(f32)
+  dog = dout.reshape(b, lq, k_heads, g, d).astype(f32)
+  delta = jnp.einsum("bqkgd,bqkgd->bkgq", dog, out.reshape(b, lq, k_heads, g, d).astype(f32))
+  xs = (jnp.arange(nb), _to_blocks(k, bk, nb), _to_blocks(v, bk, nb),
+        _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb))
+
+  def step(dq, x):
+    j, kj, vj, mj = x
+    kj, vj = kj.astype(f32), vj.astype(f32)
+    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kj) * scale
+    allowed = _block_allowed(j, bk, lq, klen, mj, causal)
+    p = jnp.where(allowed, jnp.exp(s - lse[..., None]), 0.0)
+    dp = jnp.einsum("bqkgd,bskd->bkgqs", dog, vj)
+    if rate > 0.0:
+      z = jnp.where(chunked_dropout_keep(rng, rate, p.shape, bk, j), 1.0 / (1.0 - rate), 0.0)
+      dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p * z, dog)
+      dp = dp * z
+    else:
+      dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p, dog)
+    ds = p * (dp - delta[..., None]) * scale
+    dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, kj)
+    dk_j = jnp.einsum("bkgqs,bqkgd->bskd", ds, qg)
+    return dq, (dk_j, dv_j)
+
+  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros((b, lq, k_heads, g, d), f32), xs)
+  unblock = lambda t: jnp.moveaxis(t, 0, 1).reshape(b, lk_pad, k_heads, d)[:, :lk]  # noqa: E731
+  return (dq.reshape(b, lq, h, d).astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
+          None, None, None)
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _chunked_attention(query, key, value, key_lengths, mask, causal, scale, dropout_rate, dropout_rng,
+                       chunk_size):
+  b, lk = query.shape[0], key.shape[1]
+  klen = jnp.full((b,), lk, jnp.int32) if key_lengths is None else jnp.asarray(key_lengths, jnp.int32)
+  rng = dropout_rng if dropout_rate > 0.0 else None
+  return _chunked(query, key, value, klen, mask, rng, float(scale), bool(causal), int(chunk_size),
+                  float(dropout_rate))
+
+
+# --------------------------------------------------------------------------------------------- pallas
+
+
+def _pallas_blocks(n: int):
+  """Padded length and (forward, backward) block sizes: powers of two up to 128, multiples of 128 above."""
+  if n <= 128:
+    p = max(16, 1 << (n - 1).bit_length())
+    return p, p, min(32, p)
+  return _round_up(n, 128), 128, 32
+
+
+def _pallas_attention(query, key, value, key_lengths, causal, scale, interpret):
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
+  b, lq, h, d = query.shape
+  lk, k_heads = key.shape[1], key.shape[2]
+  if k_heads != h:  # the kernel has no grouped heads: share each KV head with its group of query heads
+    key, value = jnp.repeat(key, h // k_heads, axis=2), jnp.repeat(value, h // k_heads, axis=2)
+  padded_keys = key_lengths is not None or lk != _pallas_blocks(max(lq, lk))[0]
+  if not padded_keys:
+    length = max(lq, lk)
+    seg = None
+  elif causal:
+    # Only reached with Lq <= Lk and no key_lengths: padded keys j >= Lk > i are never visible.
+    length, padded_keys, seg = max(lq, lk), False, None
+  else:
+    # One segment-id array serves queries and keys alike, so a query can only see keys in its own
+    # segment. Lay queries out in segments of klen[b] positions, each holding a copy of the klen[b]
+    # valid keys (position p holds key p mod klen); positions past the last segment get id 0.
+    length = lq + lk - 1 if key_lengths is not None else -(-lq // lk) * lk
+  length, blk, blk_bwd = _pallas_blocks(length)
+  pad = lambda t: jnp.pad(t, [(0, 0), (0, length - t.shape[1]), (0, 0), (0, 0)])  # noqa: E731
+  q = pad(query)
+  if padded_keys:
+    klen = (jnp.full((b,), lk, jnp.int32) if key_lengths is None
+            else jnp.clip(jnp.asarray(key_lengths, jnp.int32), 1, lk))
+    pos = jnp.arange(length)[None, :]
+    idx = pos % klen[:, None]  # [B, P]
+    n_seg = -(-lq // klen)  # segments needed to hold the Lq queries
+    seg = jnp.where(pos < (n_seg * klen)[:, None], pos // klen[:, None] + 1, 0).astype(jnp.int32)
+    k = jnp.take_along_axis(key, idx[:, :, None, None], axis=1)
+    v = jnp.take_along_axis(value, idx[:, :, None, None], axis=1)
+  else:
+    k, v = pad(key), pad(value)
+  sizes = pallas_attention.BlockSizes(block_q=blk, block_k=blk, block_q_dkv=blk_bwd, block_kv_dkv=blk_bwd,
+                                      block_q_dq=blk_bwd, block_kv_dq=blk_bwd)
+  out = pallas_attention.mha(q, k, v, seg, sm_scale=float(scale), causal=causal, block_sizes=sizes,
+                             interpret=interpret)
+  return out[:, :lq]
+
+
+# ------------------------------------------------------------------------------------ capability/auto
+
+
+def _backend() -> str:
+  return jax.default_backend()
+
+
+def unsupported_reason(
+    implementation: str, *, query_shape, key_shape, dtype, has_mask: bool = False, has_lengths: bool = False,
+    causal: bool = False, dropout: bool = False, backend: str | None = None, interpret: bool | None = None,
+) -> str | None:
+  """Why ``implementation`` cannot serve this request, or None when it can."""
+  backend = backend or _backend()
+  dtype = jnp.dtype(dtype)
+  lq, lk, d = query_shape[1], key_shape[1], query_shape[-1]
+  if implementation in ("xla", "chunked", "auto"):
+    return None
+  if dropout:
+    return f"{implementation!r} has no attention dropout"
+  if implementation == "jax":
+    return None
+  if has_mask:
+    return f"{implementation!r} takes key_lengths and causal, not dense masks"
+  if implementation == "cudnn":
+    if backend != "gpu":
+      return f"'cudnn' needs a GPU (backend is {backend!r})"
+    if dtype not in (jnp.float16, jnp.bfloat16):
+      return f"'cudnn' needs float16/bfloat16 inputs (got {dtype})"
+    if d % 8 or d > 128:
+      return f"'cudnn' needs a head size that is a multiple of 8 and at most 128 (got {d})"
+    return None
+  if implementation == "pallas":
+    interpret = PALLAS_INTERPRET if interpret is None else interpret
+    if backend != "gpu" and not interpret:
+      return f"'pallas' needs a GPU (backend is {backend!r}; tests use interpret=True)"
+    if dtype not in (jnp.float32, jnp.float16, jnp.bfloat16):
+      return f"'pallas' needs float32/float16/bfloat16 inputs (got {dtype})"
+    if d > 256:
+      return f"'pallas' supports head sizes up to 256 (got {d})"
+    if causal and (has_lengths or lq > lk):
+      return "'pallas' with causal=True needs Lq <= Lk and no key_lengths"
+    return None
+  raise ValueError(f"unknown attention implementation {implementation!r}; available: {IMPLEMENTATIONS}")
+
+
+def select_implementation(
+    query_shape, key_shape, dtype, *, has_mask: bool = False, has_lengths: bool = False, causal: bool = False,
+    dropout: bool = False, backend: str | None = None,
+) -> tuple[str, str]:
+  """The kernel ``"auto"`` runs for this request, and why: ``(name, reason)``."""
+  backend = backend or _backend()
+  b, lq, h, _ = query_shape
+  score_bytes = b * h * lq * key_shape[1] * 4
+  kw = dict(query_shape=query_shape, key_shape=key_shape, dtype=dtype, has_mask=has_mask,
+            has_lengths=has_lengths, causal=causal, dropout=dropout, backend=backend)
+  size = f"score matrix {score_bytes / 2**20:.1f} MiB"
+  if backend == "cpu":
+    limit = AUTO_CHUNKED_SCORE_BYTES
+    if score_bytes > limit:
+      return "chunked", f"cpu: {size} > {limit / 2**20:.0f} MiB, blockwise is faster and fits memory"
+    return "xla", f"cpu: {size} <= {limit / 2**20:.0f} MiB, dense einsum is fastest"
+  if unsupported_reason("cudnn", **kw) is None:
+    return "cudnn", f"{backend}: {jnp.dtype(dtype)} without dense mask or dropout, cuDNN flash attention"
+  limit = AUTO_CHUNKED_SCORE_BYTES_ACCEL
+  if score_bytes > limit:
+    return "chunked", f"{backend}: {size} > {limit / 2**20:.0f} MiB, blockwise to fit memory"
+  return "xla", f"{backend}: {size}, dense XLA attention (cudnn cannot serve: " \
+      f"{unsupported_reason('cudnn', **kw)}; pallas not auto-selected until GPU benchmarks exist)"
+
+
+# ----------------------------------------------------------------------------------------------- entry
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -71,6 +382,9 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     implementation: str = "xla",
+    key_lengths: jax.Array | None = None,
+    chunk_size: int | None = None,
+    interpret: bool | None = None,
 ) -> jax.Array:
   """Attention ``softmax(scale * q k^T + mask) v`` (Vaswani et al., 2017, eq. 1).
 
@@ -84,6 +398,9 @@ def dot_product_attention(
     dropout_rate: dropout on the attention weights (needs ``dropout_rng`` when > 0).
     dropout_rng: PRNG key for attention dropout.
     implementation: one of :data:`IMPLEMENTATIONS`.
+    key_lengths: ``[B]`` int, number of valid (leading) keys per example; combined with ``mask``.
+    chunk_size: key block of ``"chunked"`` (default :data:`CHUNK_SIZE`).
+    interpret: run ``"pallas"`` in interpret mode (default :data:`PALLAS_INTERPRET`; for tests on CPU).
 
   Returns:
     ``[B, Lq, H, D]`` in the dtype of ``value``.
@@ -97,15 +414,45 @@ def dot_product_attention(
     raise ValueError("attention dropout_rate > 0 needs a dropout_rng")
   if scale is None:
     scale = query.shape[-1] ** -0.5
-  if causal:
-    cm = causal_mask(query.shape[1], key.shape[1])
-    mask = cm if mask is None else jnp.logical_and(mask, cm)
-  if implementation == "jax":
-    if dropout_rate > 0.0:
-      raise ValueError(
-          "attention implementation 'jax' has no attention dropout; use 'xla' or set the rate to 0"
-      )
+  req = dict(query_shape=query.shape, key_shape=key.shape, dtype=query.dtype, has_mask=mask is not None,
+             has_lengths=key_lengths is not None, causal=causal, dropout=dropout_rate > 0.0)
+  if implementation == "auto":
+    implementation, reason = select_implementation(**req)
+    if (implementation, reason) not in _logged_choices:
+      _logged_choices.add((implementation, reason))
+      _log.info("attention 'auto' -> %r (%s)", implementation, reason)
+  interpret = PALLAS_INTERPRET if interpret is None else interpret
+  why = unsupported_reason(implementation, **req, interpret=interpret)
+  if why is not None:
+    able = [k for k in KERNELS if unsupported_reason(k, **req, interpret=interpret) is None]
+    raise ValueError(f"attention kernel {why}; kernels that can serve this call: {able} (or 'auto')")
+  lq, lk = query.shape[1], key.shape[1]
+
+  if implementation == "chunked":
+    return _chunked_attention(query, key, value, key_lengths, mask, causal, scale, dropout_rate, dropout_rng,
+                              chunk_size or CHUNK_SIZE)
+  if implementation == "pallas":
+    return _pallas_attention(query, key, value, key_lengths, causal, scale, interpret)
+  if implementation in ("jax", "cudnn"):
     if mask is not None:
-      mask = jnp.broadcast_to(mask, (query.shape[0], query.shape[2], query.shape[1], key.shape[1]))
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
+      mask = jnp.broadcast_to(mask, (query.shape[0], query.shape[2], lq, lk))
+    lengths = None if key_lengths is None else jnp.asarray(key_lengths, jnp.int32)
+    return jax.nn.dot_product_attention(
+        query, key, value, mask=mask, scale=scale, is_causal=causal, key_value_seq_lengths=lengths,
+        implementation=None if implementation == "jax" else "cudnn",
+    )
+  if key_lengths is not None:
+    lm = lengths_mask(key_lengths, lk)
+    mask = lm if mask is None else jnp.logical_and(mask, lm)
+  if causal:
+    cm = causal_mask(lq, lk)
+    mask = cm if mask is None else jnp.logical_and(mask, cm)
   return _xla_attention(query, key, value, mask, scale, dropout_rate, dropout_rng)
+
+
+def attention_flops(b: int, h: int, lq: int, lk: int, d: int, *, causal: bool = False,
+                    backward: bool = False) -> float:
+  """Analytic FLOPs: ``4*B*H*Lq*Lk*D`` forward, x3.5 with the backward pass, halved for causal."""
+  f = 4.0 * b * h * lq * lk * d * (3.5 if backward else 1.0)
+  return f / 2 if causal else f
+
