@@ -1,0 +1,440 @@
+"""MulT: Multimodal Transformer (Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language
+Sequences", ACL 2019), ported faithfully from the original PyTorch code (yaohungt/Multimodal-Transformer).
+
+Architecture (paper sec. 3, eqs. 1-6; modalities L = text, A = audio, V = vision, width ``d``):
+
+1. Dropout (``embed_dropout``) on the text input only; a bias-free temporal Conv1D per modality to width
+   ``d`` (eq. 5), padding 0 as in the original, so a kernel of size ``k`` shortens a sequence by ``k - 1``.
+2. Six crossmodal transformers ``Y <- X`` (eq. 6), each ``D = num_layers`` pre-LN layers:
+   ``Z = sqrt(d) * Z_in + PE`` for the query stream and for the key/value stream; per layer
+   ``Z += CM(LN0(Z), LN0(X))`` -- the key/value stream is normalised by the SAME ``LN0`` as the queries and is
+   not updated across layers -- then ``Z += FFN(LN1(Z))``; a final LayerNorm.
+3. Per target the two crossmodal outputs are concatenated (``2d``) and passed through a self-attention
+   "memory" transformer of ``max(num_layers, 3)`` layers; the last time step is read out (eq. 7).
+4. ``h = concat(last states)``, ``y = out_layer(proj2(dropout(relu(proj1(h)))) + h)``.
+
+Details of the original kept here: fairseq sinusoidal positions ``[sin | cos]``, inverse frequencies
+``exp(-i ln(10000) / (half - 1))``, positions starting at 1, and (``positional_padding_quirk``) a zero
+positional embedding for any step whose first projected feature is exactly 0; ``q`` scaled by
+``head_dim ** -0.5``; softmax in float32; independent embedding dropout on the key and the value streams;
+attention dropout ``attn_dropout_a`` when the source is audio, ``attn_dropout_v`` when it is vision,
+``attn_dropout`` otherwise (sources L and the memory transformers); the ``attn_mask`` "query i may attend
+key j when ``j <= i + |Lk - Lq|``"; PyTorch LayerNorm epsilon 1e-5 with the exact (two-pass) variance.
+
+Padding (the original has none; it relies on front zero-padding so the last step is real). Optional
+``batch[key + "_mask"]`` (``[B, T]`` bool, True = valid) per modality; front or back padding give the same
+output:
+
+* padded input steps are zeroed; after a size-``k`` convolution an output step is valid only when its whole
+  window is valid;
+* padded keys are excluded from every attention; positions count VALID steps (``1..n``, padded steps get
+  the zero embedding), whereas the original numbers steps by their absolute index;
+* the ``attn_mask`` offset is applied over valid lengths: with ``i'``, ``j'`` the ranks of query ``i`` and
+  key ``j`` among the valid steps and ``n_q``, ``n_k`` the valid lengths, query i may attend key j when
+  ``j' <= i' + |n_k - n_q|``. Without masks this is exactly the original mask; with masks the output is
+  invariant to padding also when ``attn_mask`` is on;
+* the readout takes the last VALID step of each target sequence (the last index when no mask is given).
+
+Without masks (and with zero front padding, as in the original pickles) the model computes exactly what the
+original computes. Token-id text (``text_vocab_size > 0``, used on the embedded ``digits_av`` data) is
+embedded by a learned table of width ``text_embed_dim`` before the projection; the original reads
+pre-computed GloVe vectors. Other deviations: any subset of ``target_modalities`` is allowed (the original
+supports all three or exactly one); the projection is always applied (the original skips it when an input
+already has width ``d``, which never happens on the released data); the compute ``dtype`` is configurable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.layers.attention import causal_mask, dot_product_attention
+from mmjax.layers.embeddings import sinusoidal_positions
+from mmjax.models.registry import register
+
+_LETTERS = ("l", "a", "v")
+_CANONICAL = ("text", "audio", "vision")
+
+# Paper Table 5 (d = 40, 4 crossmodal blocks). Kernel sizes are (text, audio, vision); the table lists them
+# as L/V/A = (1 or 3)/3/3 and 3/3/5 (IEMOCAP). IEMOCAP predicts 4 emotions x 2 classes.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mosei": dict(width=40, num_layers=4, num_heads=8, kernel_sizes=(1, 3, 3), embed_dropout=0.3,
+                  attn_dropout=0.1, out_dropout=0.1, output_dim=1),
+    "mosi": dict(width=40, num_layers=4, num_heads=10, kernel_sizes=(1, 3, 3), embed_dropout=0.2,
+                 attn_dropout=0.2, out_dropout=0.1, output_dim=1),
+    "iemocap": dict(width=40, num_layers=4, num_heads=10, kernel_sizes=(3, 5, 3), embed_dropout=0.3,
+                    attn_dropout=0.25, out_dropout=0.1, output_dim=8),
+}
+
+
+def _layer_norm(dtype, name):
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def mult_attention_mask(q_valid, k_valid, q_len: int, k_len: int, offset_mask: bool):
+  """``[B or 1, 1, Lq, Lk]`` bool attention mask (True = attend), or None when nothing is masked.
+
+  ``q_valid [B, Lq]`` / ``k_valid [B, Lk]`` (None = all valid). Keys that are padding are excluded; with
+  ``offset_mask`` query i sees key j when ``rank(j) <= rank(i) + |n_k - n_q|`` over valid steps.
+  """
+  if q_valid is None and k_valid is None:
+    return causal_mask(q_len, k_len, abs(k_len - q_len))[None, None] if offset_mask else None
+  qv = jnp.ones((1, q_len), bool) if q_valid is None else q_valid
+  kv = jnp.ones((1, k_len), bool) if k_valid is None else k_valid
+  mask = kv[:, None, :]  # [B, 1, Lk]
+  if offset_mask:
+    q_rank = jnp.cumsum(qv, axis=1) - 1  # [B, Lq]
+    k_rank = jnp.cumsum(kv, axis=1) - 1  # [B, Lk]
+    offset = jnp.abs(kv.sum(axis=1) - qv.sum(axis=1))  # [B]
+    mask = mask & (k_rank[:, None, :] <= q_rank[:, :, None] + offset[:, None, None])
+  return mask[:, None]
+
+
+def positions(valid, first_feature, quirk: bool):
+  """Integer positions ``[B, T]``: 1, 2, ... over valid steps, 0 (zero embedding) for padding.
+
+  With ``quirk`` a step whose first feature is exactly 0 also gets position 0 (fairseq's padding_idx 0).
+  """
+  if valid is None:
+    pos = jnp.broadcast_to(jnp.arange(1, first_feature.shape[1] + 1), first_feature.shape)
+  else:
+    pos = jnp.cumsum(valid, axis=1) * valid
+  if quirk:
+    pos = jnp.where(first_feature == 0, 0, pos)
+  return pos
+
+
+class MulTAttention(nn.Module):
+  """fairseq-style multi-head attention: ``out_proj(softmax(q k^T / sqrt(dh)) v)`` (paper eq. 1)."""
+
+  num_heads: int
+  dropout: float = 0.0
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_k, x_v, *, mask, train: bool):
+    """``x_q [B, Lq, w]``, ``x_k``/``x_v [B, Lk, w]`` -> ``[B, Lq, w]``."""
+    w = x_q.shape[-1]
+    if w % self.num_heads:
+      raise ValueError(f"MulT width {w} is not divisible by num_heads {self.num_heads}")
+    hd = w // self.num_heads
+    split = lambda t: t.reshape(*t.shape[:2], self.num_heads, hd)  # [B, L, H, hd]
+    q = split(nn.Dense(w, dtype=self.dtype, name="q_proj")(x_q))
+    k = split(nn.Dense(w, dtype=self.dtype, name="k_proj")(x_k))
+    v = split(nn.Dense(w, dtype=self.dtype, name="v_proj")(x_v))
+    rate = self.dropout if train else 0.0
+    out = dot_product_attention(
+        q, k, v, mask=mask, scale=hd ** -0.5, dropout_rate=rate,
+        dropout_rng=self.make_rng("dropout") if rate > 0 else None, implementation=self.attention,
+    )
+    return nn.Dense(w, dtype=self.dtype, name="out_proj")(out.reshape(*out.shape[:2], w))
+
+
+class MulTLayer(nn.Module):
+  """One pre-LN MulT layer ``x [B, Lq, w] -> (x, None)``, written for ``nn.scan`` over layers.
+
+  ``kv = (keys, values)`` ``[B, Lk, w]`` for crossmodal attention (``values`` None when it is the same
+  stream as ``keys``); ``kv = None`` for self-attention.
+  """
+
+  num_heads: int
+  attn_dropout: float = 0.0
+  relu_dropout: float = 0.0
+  res_dropout: float = 0.0
+  deterministic: bool = True  # not train
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, kv, mask):
+    drop = lambda rate, t: nn.Dropout(rate)(t, deterministic=self.deterministic)
+    ln0 = _layer_norm(self.dtype, "ln0")
+    h = ln0(x)
+    if kv is None:
+      k = v = h
+    else:  # the original normalises the key and the value streams with the queries' LN0
+      k = ln0(kv[0])
+      v = k if kv[1] is None else ln0(kv[1])
+    h = MulTAttention(self.num_heads, self.attn_dropout, self.attention, self.dtype, name="self_attn")(
+        h, k, v, mask=mask, train=not self.deterministic)
+    x = x + drop(self.res_dropout, h)
+    h = _layer_norm(self.dtype, "ln1")(x)
+    h = drop(self.relu_dropout, nn.relu(nn.Dense(4 * x.shape[-1], dtype=self.dtype, name="fc1")(h)))
+    h = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+    return x + drop(self.res_dropout, h), None
+
+
+class MulTEncoder(nn.Module):
+  """MulT's TransformerEncoder: scaled input + positions, embed dropout, layers, final LayerNorm.
+
+  ``x [B, Lq, w]`` (mask ``x_mask [B, Lq]``); ``x_kv [B, Lk, w]`` (mask ``kv_mask``) makes it crossmodal.
+  The layers run under ``nn.scan`` (parameters stacked on a leading layer axis; one compiled body).
+  """
+
+  num_layers: int
+  num_heads: int
+  attn_dropout: float = 0.0
+  relu_dropout: float = 0.0
+  res_dropout: float = 0.0
+  embed_dropout: float = 0.0
+  attn_mask: bool = False
+  positional_padding_quirk: bool = True
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  def _embed(self, x, valid):
+    w = x.shape[-1]
+    table = sinusoidal_positions(x.shape[1] + 1, w)
+    table[0] = 0.0  # padding position
+    pos = positions(valid, x[..., 0], self.positional_padding_quirk)
+    return math.sqrt(w) * x + jnp.asarray(table, x.dtype)[pos]
+
+  @nn.compact
+  def __call__(self, x, x_kv=None, *, x_mask=None, kv_mask=None, train: bool):
+    drop = lambda t: nn.Dropout(self.embed_dropout)(t, deterministic=not train)
+    h = drop(self._embed(x, x_mask))
+    kv = None
+    if x_kv is not None:
+      e = self._embed(x_kv, kv_mask)
+      kv = (drop(e), drop(e)) if train and self.embed_dropout > 0 else (e, None)  # independent dropouts
+      mask = mult_attention_mask(x_mask, kv_mask, x.shape[1], x_kv.shape[1], self.attn_mask)
+    else:
+      mask = mult_attention_mask(x_mask, x_mask, x.shape[1], x.shape[1], self.attn_mask)
+    layers = nn.scan(
+        MulTLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+    )(self.num_heads, self.attn_dropout, self.relu_dropout, self.res_dropout, not train, self.attention,
+      self.dtype, name="layers")
+    h, _ = layers(h, kv, mask)
+    return _layer_norm(self.dtype, "layer_norm")(h)
+
+
+def _window_valid(valid, k: int):
+  """Validity ``[B, T - k + 1]`` of VALID-conv outputs: every step of the window must be valid."""
+  out_len = valid.shape[1] - k + 1
+  return jnp.stack([valid[:, i:i + out_len] for i in range(k)]).all(axis=0)
+
+
+def _last_valid(h, valid):
+  """``h [B, T, D]`` at the last valid step of each row (last index when ``valid`` is None)."""
+  if valid is None:
+    return h[:, -1]
+  t = h.shape[1]
+  idx = t - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+  return h[jnp.arange(h.shape[0]), idx]
+
+
+@register("mult")
+class MulT(nn.Module):
+  """MulT (Tsai et al., 2019) with the original ``main.py`` defaults (unaligned MOSEI)."""
+
+  width: int = 30  # d
+  num_layers: int = 5  # crossmodal layers; memory transformers use max(num_layers, 3)
+  num_heads: int = 5
+  attn_dropout: float = 0.1  # sources text and the memory transformers
+  attn_dropout_a: float = 0.0  # source audio
+  attn_dropout_v: float = 0.0  # source vision
+  relu_dropout: float = 0.1
+  res_dropout: float = 0.1
+  embed_dropout: float = 0.25  # text input dropout and every transformer's embedding dropout
+  out_dropout: float = 0.0
+  attn_mask: bool = True
+  output_dim: int = 1
+  kernel_sizes: tuple = (1, 1, 1)  # temporal conv (text, audio, vision); padding 0 shortens by k - 1
+  target_modalities: tuple = ("text", "audio", "vision")  # any subset; one entry = single-target ablation
+  modality_keys: tuple = ("text", "audio", "vision")  # batch keys of L, A, V
+  positional_padding_quirk: bool = True  # zero position embedding where the first feature is exactly 0
+  text_vocab_size: int = 0  # > 0: text arrives as token ids, embedded first (not in the original)
+  text_embed_dim: int = 300  # width of that token embedding (the original's GloVe vectors are 300-d)
+  attention: str = "xla"  # attention kernel, see mmjax.layers.attention.IMPLEMENTATIONS
+  dtype: Any = jnp.float32
+
+  def target_letters(self) -> tuple[str, ...]:
+    """The targets as letters ``l``/``a``/``v`` in the original's order."""
+    if not self.target_modalities:
+      raise ValueError("MulT needs at least one target modality")
+    out = set()
+    for t in self.target_modalities:
+      for names in (_CANONICAL, tuple(self.modality_keys), _LETTERS):
+        if t in names:
+          out.add(_LETTERS[names.index(t)])
+          break
+      else:
+        raise ValueError(f"unknown MulT target modality {t!r}; use entries of {_CANONICAL}")
+    return tuple(x for x in _LETTERS if x in out)
+
+  @nn.compact
+  def __call__(self, batch: Mapping, *, train: bool):
+    if len(self.modality_keys) != 3 or len(self.kernel_sizes) != 3:
+      raise ValueError("MulT needs three modality_keys and three kernel_sizes (text, audio, vision); got "
+                       f"{self.modality_keys} and {self.kernel_sizes}")
+    xs, masks = {}, {}
+    for letter, key, k in zip(_LETTERS, self.modality_keys, self.kernel_sizes, strict=True):
+      if key not in batch:
+        raise KeyError(f"MulT needs modality {key!r} but the batch has keys {sorted(batch)}")
+      x, valid = batch[key], batch.get(f"{key}_mask")
+      if letter == "l" and jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
+        if self.text_vocab_size <= 0:
+          raise ValueError(f"MulT text input {key!r} holds token ids: set text_vocab_size and text_embed_dim")
+        x = nn.Embed(self.text_vocab_size, self.text_embed_dim, dtype=self.dtype, name="text_embed")(x)
+      x = jnp.asarray(x, self.dtype)
+      if x.ndim != 3 or x.shape[1] < k:
+        raise ValueError(f"MulT input {key!r} must be [B, T, F] with T >= kernel size {k}; got {x.shape}")
+      if valid is not None:
+        valid = jnp.asarray(valid, bool)
+        x = jnp.where(valid[..., None], x, 0)
+      if letter == "l":
+        x = nn.Dropout(self.embed_dropout)(x, deterministic=not train)
+      h = nn.Conv(self.width, (k,), padding="VALID", use_bias=False, dtype=self.dtype,
+                  name=f"proj_{letter}")(x)  # [B, T - k + 1, d]
+      if valid is not None:
+        valid = _window_valid(valid, k)
+        h = jnp.where(valid[..., None], h, 0)
+      xs[letter], masks[letter] = h, valid
+
+    enc = lambda layers, attn_dropout, name: MulTEncoder(
+        layers, self.num_heads, attn_dropout, self.relu_dropout, self.res_dropout, self.embed_dropout,
+        self.attn_mask, self.positional_padding_quirk, self.attention, self.dtype, name=name)
+    source_dropout = {"l": self.attn_dropout, "a": self.attn_dropout_a, "v": self.attn_dropout_v}
+    lasts = []
+    for t in self.target_letters():
+      hs = [
+          enc(self.num_layers, source_dropout[s], f"trans_{t}_with_{s}")(
+              xs[t], xs[s], x_mask=masks[t], kv_mask=masks[s], train=train)
+          for s in _LETTERS if s != t
+      ]
+      h = jnp.concatenate(hs, axis=-1)  # [B, T_t, 2d]
+      if masks[t] is not None:
+        h = jnp.where(masks[t][..., None], h, 0)
+      h = enc(max(self.num_layers, 3), self.attn_dropout, f"trans_{t}_mem")(h, x_mask=masks[t], train=train)
+      lasts.append(_last_valid(h, masks[t]))
+    last_hs = jnp.concatenate(lasts, axis=-1)  # [B, n_targets * 2d]
+    dim = last_hs.shape[-1]
+    h = nn.relu(nn.Dense(dim, dtype=self.dtype, name="proj1")(last_hs))
+    h = nn.Dropout(self.out_dropout)(h, deterministic=not train)
+    h = nn.Dense(dim, dtype=self.dtype, name="proj2")(h)
+    out = nn.Dense(self.output_dim, dtype=self.dtype, name="out_layer")(h + last_hs)
+    return out.astype(jnp.float32), {"last_hs": last_hs.astype(jnp.float32)}
+
+
+def kwargs_from_original_hparams(hp: Mapping) -> dict[str, Any]:
+  """MulT keyword arguments from the original ``hyp_params`` (as a dict, e.g. the golden ``hparams``)."""
+  flags = [bool(hp.get(f"{x}only", False)) for x in _LETTERS]
+  targets = tuple(c for c, f in zip(_CANONICAL, flags, strict=True) if f)
+  if len(targets) in (0, 3):
+    targets = _CANONICAL
+  keys = ("num_heads", "attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout", "res_dropout",
+          "embed_dropout", "out_dropout", "attn_mask", "output_dim")
+  out = {k: hp[k] for k in keys if k in hp}
+  if "layers" in hp:
+    out["num_layers"] = int(hp["layers"])
+  out["width"] = int(hp.get("d_model", 30))
+  out["target_modalities"] = targets
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PyTorch checkpoint import.
+
+_BUFFER_SUFFIXES = (".version", ".embed_positions._float_tensor")
+
+
+def _transformers(model: MulT):
+  """``(original name, width, layers)`` of every transformer the model holds."""
+  d, out = model.width, []
+  for t in model.target_letters():
+    out += [(f"trans_{t}_with_{s}", d, model.num_layers) for s in _LETTERS if s != t]
+    out.append((f"trans_{t}_mem", 2 * d, max(model.num_layers, 3)))
+  return out
+
+
+def torch_param_shapes(model: MulT) -> dict[str, tuple]:
+  """Name -> shape of every original (non-buffer) parameter; ``None`` = any size (input widths)."""
+  d = model.width
+  shapes = {f"proj_{x}.weight": (d, None, k) for x, k in zip(_LETTERS, model.kernel_sizes, strict=True)}
+  for name, w, n in _transformers(model):
+    for i in range(n):
+      p = f"{name}.layers.{i}"
+      shapes.update({
+          f"{p}.self_attn.in_proj_weight": (3 * w, w), f"{p}.self_attn.in_proj_bias": (3 * w,),
+          f"{p}.self_attn.out_proj.weight": (w, w), f"{p}.self_attn.out_proj.bias": (w,),
+          f"{p}.fc1.weight": (4 * w, w), f"{p}.fc1.bias": (4 * w,),
+          f"{p}.fc2.weight": (w, 4 * w), f"{p}.fc2.bias": (w,),
+      })
+      for j in (0, 1):
+        shapes.update({f"{p}.layer_norms.{j}.weight": (w,), f"{p}.layer_norms.{j}.bias": (w,)})
+    shapes.update({f"{name}.layer_norm.weight": (w,), f"{name}.layer_norm.bias": (w,)})
+  c = 2 * d * len(model.target_letters())
+  for p in ("proj1", "proj2"):
+    shapes.update({f"{p}.weight": (c, c), f"{p}.bias": (c,)})
+  shapes.update({"out_layer.weight": (model.output_dim, c), "out_layer.bias": (model.output_dim,)})
+  return shapes
+
+
+def _to_numpy(t) -> np.ndarray:
+  if hasattr(t, "detach"):  # a torch tensor; torch itself is never imported here
+    t = t.detach().cpu().numpy()
+  return np.asarray(t, np.float32)
+
+
+def from_torch_state_dict(state_dict: Mapping[str, Any], config_or_model) -> dict:
+  """Flax ``params`` (use as ``{"params": params}``) from an original PyTorch MulT ``state_dict``.
+
+  ``config_or_model`` is a :class:`MulT` or its keyword arguments. Buffers (``*.version``,
+  ``*.embed_positions._float_tensor``) are ignored; every other name is mapped exactly once. Unexpected
+  names, missing names and shape mismatches raise one ``ValueError`` listing them all.
+  """
+  model = config_or_model if isinstance(config_or_model, MulT) else MulT(**dict(config_or_model))
+  arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith(_BUFFER_SUFFIXES)}
+  expected = torch_param_shapes(model)
+  problems = []
+  unexpected = sorted(set(arrays) - set(expected))
+  missing = sorted(set(expected) - set(arrays))
+  if unexpected:
+    problems.append(f"unexpected names {unexpected}")
+  if missing:
+    problems.append(f"missing names {missing}")
+  for name in sorted(set(arrays) & set(expected)):
+    want, got = expected[name], arrays[name].shape
+    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=False)):
+      shown = tuple("F" if w is None else w for w in want)
+      problems.append(f"shape mismatch for {name}: expected {shown}, found {got}")
+  if problems:
+    raise ValueError(
+        f"the state dict does not match this MulT config (width={model.width}, num_layers="
+        f"{model.num_layers}, targets={model.target_modalities}, kernel_sizes={model.kernel_sizes}, "
+        f"output_dim={model.output_dim}): " + "; ".join(problems))
+
+  linear = lambda n: {"kernel": arrays[f"{n}.weight"].T, "bias": arrays[f"{n}.bias"]}
+  norm = lambda n: {"scale": arrays[f"{n}.weight"], "bias": arrays[f"{n}.bias"]}
+  params: dict[str, Any] = {}
+  for x in _LETTERS:
+    params[f"proj_{x}"] = {"kernel": arrays[f"proj_{x}.weight"].transpose(2, 1, 0)}  # [k, in, out]
+  for name, w, n in _transformers(model):
+    per_layer = []
+    for i in range(n):
+      p = f"{name}.layers.{i}"
+      wqkv, bqkv = arrays[f"{p}.self_attn.in_proj_weight"], arrays[f"{p}.self_attn.in_proj_bias"]
+      attn = {  # in_proj rows [0:w] = q, [w:2w] = k, [2w:3w] = v
+          f"{c}_proj": {"kernel": wqkv[j * w:(j + 1) * w].T, "bias": bqkv[j * w:(j + 1) * w]}
+          for j, c in enumerate("qkv")
+      }
+      attn["out_proj"] = linear(f"{p}.self_attn.out_proj")
+      per_layer.append({
+          "ln0": norm(f"{p}.layer_norms.0"), "ln1": norm(f"{p}.layer_norms.1"), "self_attn": attn,
+          "fc1": linear(f"{p}.fc1"), "fc2": linear(f"{p}.fc2"),
+      })
+    params[name] = {
+        "layers": jax.tree_util.tree_map(lambda *a: np.stack(a), *per_layer),  # [layers, ...] for nn.scan
+        "layer_norm": norm(f"{name}.layer_norm"),
+    }
+  for n in ("proj1", "proj2", "out_layer"):
+    params[n] = linear(n)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(np.ascontiguousarray(a)), params)
