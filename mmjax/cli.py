@@ -1,14 +1,24 @@
-"""The ``mmjax`` command line: ``train``, ``eval``, ``data build``.
+"""The ``mmjax`` command line: ``train``, ``eval``, ``data build``, ``bench``.
 
 ``mmjax train --config configs/late_fusion_digits.py --workdir runs/demo --config.optimizer.lr=3e-4``
 Any ``--config.a.b=value`` overrides a config field; unknown fields are errors.
+
+``mmjax bench attention [ARGS...]`` and ``mmjax bench train_step [ARGS...]`` run the benchmarks of
+:mod:`mmjax.bench` with the remaining arguments passed on unchanged (``train_step`` takes ``--config.*``
+overrides too); results go to ``benchmarks/results`` under the current directory unless ``--out`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+BENCHMARKS = {
+    "attention": "every attention kernel (and PyTorch SDPA) over a grid of shapes",
+    "train_step": "compile and step time of one config's jitted train step",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
   build.add_argument("--manual_dir", default="",
                      help="folder with the files of a dataset you downloaded yourself (e.g. cmu_mosei)")
+  # Listed for --help only: main() hands "bench ..." to _bench before parsing.
+  sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS) + " (mmjax bench NAME --help)",
+                 add_help=False)
   for sp in (train, ev):
     sp.add_argument("--coordinator", default=None,
                     help="multi-process: coordinator host:port (or MMJAX_COORDINATOR)")
@@ -59,9 +72,31 @@ def _split_overrides(argv):
   return rest, overrides
 
 
+def _bench(argv) -> int:
+  """``mmjax bench NAME [ARGS...]``: runs ``mmjax.bench.NAME.main(ARGS)``, ARGS passed on unchanged."""
+  p = argparse.ArgumentParser(prog="mmjax bench", description="Run a benchmark of mmjax.bench.",
+                              epilog="Arguments after NAME go to the benchmark: mmjax bench NAME --help")
+  p.add_argument("name", metavar="NAME", choices=sorted(BENCHMARKS),
+                 help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+  if not argv or argv[0].startswith("-"):
+    p.parse_args(argv)  # --help exits 0; anything else is a usage error (exit 2)
+  name = p.parse_args(argv[:1]).name
+  module = importlib.import_module(f"mmjax.bench.{name}")
+  return module.main(list(argv[1:]), prog=f"mmjax bench {name}")
+
+
 def main(argv=None) -> int:
   """Entry point of the ``mmjax`` console script; returns the exit status."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] == "bench":  # before the override split: train_step takes --config.* itself
+    from mmjax.config import ConfigError
+    from mmjax.data.pipeline import DatasetError
+
+    try:
+      return _bench(argv[1:])
+    except (ConfigError, DatasetError, FileNotFoundError) as e:
+      print(f"mmjax: error: {e}", file=sys.stderr)
+      return 2
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
   if overrides and args.command not in ("train", "eval"):

@@ -125,9 +125,11 @@ class PadAndCast:
     return out
 
 
-def example_from_features(data_cfg, batch_size: int = 1) -> dict:
-  """A zero batch with the shapes and dtypes the pipeline would produce for ``data_cfg``, built from the
-  dataset's feature description alone (no data needed): for shape checks of configs and models."""
+def example_from_features(data_cfg, batch_size: int = 1, seed: int | None = None) -> dict:
+  """A batch with the shapes and dtypes the pipeline would produce for ``data_cfg``, built from the
+  dataset's feature description alone (no data needed): for model initialisation, shape checks and
+  synthetic benchmarks. Zeros (sequences one step long, then padded), or with ``seed`` standard-normal
+  float features over the full padded length."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   features = builder.info.features
   check_max_lengths(features, dict(data_cfg.max_lengths), data_cfg.name)
@@ -138,6 +140,16 @@ def example_from_features(data_cfg, batch_size: int = 1) -> dict:
       continue
     example[key] = np.zeros(tuple(1 if d is None else d for d in feature.shape), dtype)
   pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
+  if seed is None:
+    return stack([pad(example)] * batch_size)
+  rng = np.random.default_rng(seed)
+  lengths = dict(data_cfg.max_lengths)
+  for key, value in example.items():
+    if key in lengths:
+      value = np.zeros((lengths[key],) + value.shape[1:], value.dtype)
+    if value.dtype.kind == "f":
+      value = rng.standard_normal(value.shape).astype(value.dtype)
+    example[key] = value
   return stack([pad(example)] * batch_size)
 
 

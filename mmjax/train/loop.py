@@ -126,9 +126,7 @@ def build_run(config, workdir, devices=None) -> Run:
   model = models.build(config.model.name, dict(config.model.kwargs))
   task = tasks.get(config.task.name, **dict(config.task.kwargs))
   tx = make_optimizer(config.optimizer, config.num_steps)
-  source = pipeline.open_split(config.data, config.data.train_split)
-  pad = pipeline.PadAndCast(dict(config.data.max_lengths), config.data.truncate)
-  example = pipeline.stack([pad(source[0])])
+  example = pipeline.example_from_features(config.data)  # shapes only: no data are read here
 
   def init():
     return init_state(model, tx, example, config.seed)

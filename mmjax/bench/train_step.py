@@ -1,0 +1,177 @@
+"""Benchmark of one config's jitted, sharded train step (compile time, step time, throughput, FLOP/s).
+
+``mmjax bench train_step --config configs/late_fusion_digits.py [--config.a.b=v ...] [--steps 50]
+[--warmup 5] [--synthetic] [--out benchmarks/results]`` (or ``python benchmarks/train_step.py ...``)
+
+The run is built exactly as :func:`mmjax.train.train_and_evaluate` builds it (mesh over all devices,
+model, optimizer, sharded state), the step is compiled ahead of time (``.lower(state, batch).compile()``,
+timed separately), then ``--warmup`` steps run untimed and ``--steps`` steps are timed on ONE fixed,
+pre-built global batch: data loading and host-to-device transfer are excluded. Each timed step is
+followed by ``jax.block_until_ready``; a second pass times the same number of steps back to back (one
+block at the end, so dispatch overlaps compute). Results are merged, keyed by the config string, into
+``<out>/train_step-<device kind>-<YYYY-MM-DD>.json`` with the machine (:func:`mmjax.bench.machine.machine`);
+``--out`` defaults to ``benchmarks/results`` relative to the current working directory (created if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mmjax.bench import machine as M
+
+
+def _cost(compiled) -> dict:
+  """``flops`` and ``bytes accessed`` from XLA's cost analysis of the compiled step (None if absent)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # not every backend implements it
+    return {"flops": None, "bytes_accessed": None}
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per module
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  flops, nbytes = cost.get("flops"), cost.get("bytes accessed")
+  return {"flops": float(flops) if flops is not None and flops > 0 else None,
+          "bytes_accessed": float(nbytes) if nbytes is not None and nbytes > 0 else None}
+
+
+def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> dict:
+  """Compiles and times ``config``'s train step; returns the measurements (seconds, FLOPs)."""
+  import jax
+
+  from mmjax.data import pipeline
+  from mmjax.train.loop import build_run, count_params, make_global_batch
+  from mmjax.train.step import jit_train_step
+
+  with tempfile.TemporaryDirectory() as workdir:  # build_run opens a checkpoint directory; nothing is saved
+    run = build_run(config, workdir)
+    state = run.init()
+    if synthetic:  # random features of the dataset's padded shapes: no data needed
+      local = pipeline.example_from_features(config.data, config.batch_size // jax.process_count(),
+                                             seed=config.seed)
+    else:
+      local = next(pipeline.train_batches(config.data, global_batch_size=config.batch_size,
+                                          seed=config.seed, process_index=jax.process_index(),
+                                          process_count=jax.process_count()))
+    batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
+    step = jit_train_step(run.model, run.tx, run.task, run.state_shardings, run.batch_sharding, run.mesh)
+
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+
+    for _ in range(warmup):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics) if warmup else state)
+
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t)
+
+    t = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    pipelined = (time.perf_counter() - t) / max(steps, 1)
+    loss = float(jax.device_get(metrics["loss"]))
+    num_params = count_params(state.params)
+    run.checkpointer.close()
+
+  median = statistics.median(times)
+  cost = _cost(compiled)
+  # On a multi-device mesh XLA's cost analysis describes one device's (SPMD-partitioned) program.
+  flops_total = cost["flops"] * jax.device_count() if cost["flops"] else None
+  return {
+      "model": config.model.name,
+      "num_params": num_params,
+      "batch_size": config.batch_size,
+      "mesh": dict(run.mesh.shape),
+      "steps": steps,
+      "warmup": warmup,
+      "trace_lower_s": t1 - t0,
+      "compile_s": t2 - t1,
+      "step_s_median": median,
+      "step_s_mean": statistics.fmean(times),
+      "step_s_min": min(times),
+      "step_s_max": max(times),
+      "step_s_pipelined": pipelined,
+      "steps_per_s": 1.0 / median,
+      "examples_per_s": config.batch_size / median,
+      "flops_per_step_per_device": cost["flops"],
+      "flops_per_step": flops_total,
+      "bytes_accessed_per_step_per_device": cost["bytes_accessed"],
+      "achieved_flops_per_s": flops_total / median if flops_total else None,
+      "final_loss": loss,
+      "excluded": "data loading and host-to-device transfer (one fixed pre-built global batch)",
+      "inputs": "synthetic (random, full padded lengths)" if synthetic else "first training batch",
+  }
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
+
+
+def write_result(out_dir: Path, key: str, machine: dict, result: dict) -> Path:
+  """Merges ``result`` under ``key`` into today's results file for this device kind; returns its path."""
+  import jax
+
+  date = datetime.date.today().isoformat()
+  path = M.out_dir(out_dir) / f"train_step-{_slug(jax.devices()[0].device_kind)}-{date}.json"
+  data = json.loads(path.read_text()) if path.exists() else {}
+  data["machine"] = machine
+  data.setdefault("results", {})[key] = {
+      **result, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
+      "load_average_1m": M.load_average(),
+  }
+  path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+  return path
+
+
+def main(argv=None, *, prog: str | None = None) -> int:
+  """Command-line entry point (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
+  from mmjax.cli import _split_overrides
+
+  rest, overrides = _split_overrides(sys.argv[1:] if argv is None else list(argv))
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+  p.add_argument("--config", required=True, help="config file, optionally FILE:ARG")
+  p.add_argument("--steps", type=int, default=50, help="timed steps")
+  p.add_argument("--warmup", type=int, default=5, help="untimed steps after compilation")
+  p.add_argument("--synthetic", action="store_true",
+                 help="random inputs of the dataset's padded shapes (for datasets you have not downloaded)")
+  p.add_argument("--out", default=str(M.DEFAULT_OUT_DIR),
+                 help="results directory, created if missing (default: %(default)s, relative to the "
+                      "current working directory)")
+  args = p.parse_args(rest)
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be at least 1 and --warmup at least 0")
+
+  from mmjax.config import get_config
+
+  config = get_config(args.config, overrides)
+  result = benchmark(config, steps=args.steps, warmup=args.warmup, synthetic=args.synthetic)
+  # data.data_dir says where the data are, not what is measured: it is left out of the key.
+  key = " ".join([args.config, *(f"--config.{o}" for o in overrides if not o.startswith("data.data_dir="))]
+                 + (["--synthetic"] if args.synthetic else []))
+  path = write_result(Path(args.out), key, M.machine(), result)
+  flops = result["achieved_flops_per_s"]
+  print(f"{key}: compile {result['compile_s']:.1f} s, step {result['step_s_median'] * 1e3:.2f} ms median "
+        f"({result['step_s_mean'] * 1e3:.2f} mean), {result['steps_per_s']:.1f} steps/s, "
+        f"{result['examples_per_s']:.0f} examples/s, "
+        f"{'n/a' if flops is None else f'{flops / 1e9:.2f} GFLOP/s'} -> {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,61 @@
+"""One train step sharded over 8 devices equals the same step on 1 device, for the paper models."""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmjax import models, tasks
+from mmjax.train.loop import init_state, make_global_batch
+from mmjax.train.mesh import batch_sharding, make_mesh
+from mmjax.train.step import train_step
+
+B = 8
+
+
+def mult_case():
+  rng = np.random.default_rng(0)
+  lengths = {"text": 6, "audio": 11, "vision": 9}
+  widths = {"text": 12, "audio": 5, "vision": 7}
+  batch = {k: rng.standard_normal((B, t, widths[k])).astype(np.float32) for k, t in lengths.items()}
+  for k, t in lengths.items():
+    batch[f"{k}_mask"] = np.arange(t)[None] < rng.integers(2, t + 1, (B, 1))
+  batch["label"] = rng.uniform(-3, 3, B).astype(np.float32)
+  # No dropout: random bits cost most of the compile time on CPU, and dropout under sharding is covered by
+  # tests/test_train.py (late fusion through the whole engine).
+  rates = ("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "out_dropout")
+  no_dropout = dict.fromkeys(rates, 0.0)
+  model = models.build("mult", {"width": 8, "num_layers": 1, "num_heads": 2, "kernel_sizes": (1, 3, 1),
+                                **no_dropout})
+  return model, tasks.get("regression"), batch
+
+
+def step_on(devices, model, task, batch, state, tx):
+  mesh = make_mesh(devices=devices)
+  replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
+  state = jax.device_put(state, replicated)
+  fn = jax.jit(functools.partial(train_step, model=model, tx=tx, task=task),
+               in_shardings=(replicated, batch_sharding(mesh)), out_shardings=(replicated, None))
+  new_state, metrics = fn(state, make_global_batch(batch, batch_sharding(mesh)))
+  return jax.device_get(new_state.params), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("case", [mult_case], ids=["mult"])
+def test_sharded_step_equals_single_device(case):
+  model, task, batch = case()
+  tx = optax.sgd(0.1)  # linear in the gradients (Adam amplifies the sign of ~0 gradients)
+  state = jax.jit(lambda: init_state(model, tx, {k: v[:1] for k, v in batch.items()}, seed=0))()
+  params_1, metrics_1 = step_on(jax.devices()[:1], model, task, batch, state, tx)
+  params_8, metrics_8 = step_on(jax.devices()[:8], model, task, batch, state, tx)
+  np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(metrics_8["grad_norm"], metrics_1["grad_norm"], rtol=1e-5)
+  # Parameters after one step, compared at the scale of each tensor: a different reduction order changes
+  # the last bits of large entries (a random MulT's L1 gradients are large), nothing more.
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_8), jax.tree_util.tree_leaves(params_1),
+                          strict=True):
+    scale = max(float(np.abs(b).max()), 1.0)
+    assert float(np.abs(a - b).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
