@@ -16,9 +16,10 @@ import difflib
 from mmjax.tasks.classification import Classification
 from mmjax.tasks.multilabel import MultiLabelBinary
 from mmjax.tasks.regression import Regression
+from mmjax.tasks.vae import VAE
 
 _TASKS = {"classification": Classification, "regression": Regression,
-          "multilabel_binary": MultiLabelBinary}
+          "multilabel_binary": MultiLabelBinary, "vae": VAE}
 
 
 def get(name: str, **kwargs):
@@ -30,4 +31,4 @@ def get(name: str, **kwargs):
   return _TASKS[name](**kwargs)
 
 
-__all__ = ["Classification", "MultiLabelBinary", "Regression", "get"]
+__all__ = ["Classification", "MultiLabelBinary", "Regression", "VAE", "get"]

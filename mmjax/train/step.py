@@ -15,12 +15,15 @@ from mmjax.train.state import TrainState
 def train_step(state: TrainState, batch: dict, *, model, tx, task):
   """One optimizer step. Returns the new state and scalar metrics (loss, task metrics, norms).
 
-  The dropout key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same randomness.
+  The step's key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same randomness. Models
+  draw from two named streams: ``dropout`` (that key) and ``latent`` (sampling in generative models,
+  ``fold_in(key, 1)``).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  rngs = {"dropout": rng, "latent": jax.random.fold_in(rng, 1)}
 
   def loss_fn(params):
-    outputs, aux = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+    outputs, aux = model.apply({"params": params}, batch, train=True, rngs=rngs)
     return task.loss(outputs, aux, batch)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -34,8 +37,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, task):
 def eval_step(params, batch: dict, *, model, task):
   """Sums of evaluation metrics over the valid examples of one batch, and the per-example arrays the
   task needs for metrics that are not sums (``task.eval_outputs``, plus ``_valid``; empty when the task
-  has none). See :mod:`mmjax.tasks`."""
-  outputs, aux = model.apply({"params": params}, batch, train=False)
+  has none). See :mod:`mmjax.tasks`. The ``latent`` stream has a fixed key, so evaluation is
+  deterministic."""
+  outputs, aux = model.apply({"params": params}, batch, train=False, rngs={"latent": jax.random.PRNGKey(0)})
   per_example = {}
   if hasattr(task, "eval_outputs"):
     per_example = dict(task.eval_outputs(outputs, aux, batch))

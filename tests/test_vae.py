@@ -1,0 +1,190 @@
+"""Latent-variable models (MFM, MVAE, MMVAE), their shared math, and the "vae" task."""
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmjax import models, tasks
+from mmjax.models import vae_common as vc
+
+B = 4
+MODALITIES = ("image", "audio", "text")
+
+
+def fake_batch(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "image": rng.random((B, 8, 8), np.float32),
+      "audio": rng.standard_normal((B, 6, 40)).astype(np.float32),
+      "audio_mask": np.arange(6)[None] < np.array([[6], [3], [4], [2]]),
+      "text": rng.integers(0, 20, (B, 5)).astype(np.int32),
+      "text_mask": np.arange(5)[None] < np.array([[5], [2], [4], [3]]),
+      "label": np.array([0, 1, 2, 3], np.int32),
+  }
+
+
+def small(name, **kw):
+  return models.build(name, {"vocab_size": 20, "width": 16, "num_heads": 2, "num_classes": 4, **kw})
+
+
+def init(model, batch):
+  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+  return jax.jit(functools.partial(model.init, train=False))(rngs, batch)
+
+
+RNGS = {"dropout": jax.random.PRNGKey(1), "latent": jax.random.PRNGKey(2)}
+
+
+# ------------------------------------------------------------------------------------------------ math
+
+
+def test_kl_matches_hand_computed_value():
+  # KL(N(1, 2^2) || N(0, 1)) = 0.5 * (4 + 1 - 1 - ln 4)
+  want = 0.5 * (4 + 1 - 1 - math.log(4))
+  got = vc.kl_standard_normal(jnp.array([1.0]), jnp.array([math.log(4.0)]))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Two diagonal Gaussians: KL(N(1, 2^2) || N(-1, 3^2)) = ln(3/2) + (4 + 4) / 18 - 1/2
+  got = vc.kl_diag_gaussians(jnp.array([1.0]), jnp.array([math.log(4.0)]), jnp.array([-1.0]),
+                             jnp.array([math.log(9.0)]))
+  np.testing.assert_allclose(got, math.log(1.5) + 8 / 18 - 0.5, rtol=1e-6)
+
+
+def test_gaussian_log_prob_and_iwae_bound():
+  x, mu, var = 0.3, -0.2, 2.5
+  want = -0.5 * (math.log(2 * math.pi * var) + (x - mu) ** 2 / var)
+  np.testing.assert_allclose(vc.gaussian_log_prob(jnp.array([x]), mu, math.log(var)), want, rtol=1e-6)
+  lw = jnp.log(jnp.array([[1.0], [3.0]]))
+  np.testing.assert_allclose(vc.iwae_bound(lw), [math.log(2.0)], rtol=1e-6)
+  np.testing.assert_allclose(vc.iwae_bound(lw[:1]), lw[0], atol=1e-7)
+
+
+def test_product_of_experts_closed_form_and_masking():
+  mus = jnp.array([[[1.0]], [[3.0]]])  # [E=2, B=1, Z=1]
+  var = jnp.array([[[2.0]], [[0.5]]])
+  mu, logvar = vc.product_of_experts(mus, jnp.log(var))  # with the N(0, 1) prior expert
+  t = 1 / 2.0 + 1 / 0.5 + 1.0
+  np.testing.assert_allclose(mu, [[(1.0 / 2.0 + 3.0 / 0.5) / t]], rtol=1e-6)
+  np.testing.assert_allclose(jnp.exp(logvar), [[1 / t]], rtol=1e-6)
+  mu, logvar = vc.product_of_experts(mus, jnp.log(var), jnp.array([[True], [False]]), prior_expert=False)
+  np.testing.assert_allclose(mu, [[1.0]], rtol=1e-5)
+  np.testing.assert_allclose(jnp.exp(logvar), [[2.0]], rtol=1e-5)
+
+
+def test_mixture_log_prob():
+  mus = jnp.array([[[0.0]], [[2.0]]])
+  logvars = jnp.zeros_like(mus)
+  z = jnp.array([[0.5]])
+  want = math.log(0.5 * math.exp(vc.gaussian_log_prob(z, 0.0)[0]) + 0.5 * math.exp(
+      vc.gaussian_log_prob(z, 2.0)[0]))
+  np.testing.assert_allclose(vc.mixture_log_prob(z, mus, logvars), [want], rtol=1e-6)
+  only_first = vc.mixture_log_prob(z, mus, logvars, jnp.array([[True], [False]]))
+  np.testing.assert_allclose(only_first, vc.gaussian_log_prob(z, 0.0), rtol=1e-6)
+  samples = vc.stratified_mixture_samples(jax.random.PRNGKey(0), mus, logvars, 3)
+  assert samples.shape == (2, 3, 1, 1)
+
+
+def test_mmd_zero_for_identical_samples_and_grows_with_shift():
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
+  assert abs(float(vc.mmd(x, x))) < 1e-6
+  d = [float(vc.mmd(x, x + s)) for s in (0.5, 1.0, 2.0)]
+  assert 0 < d[0] < d[1] < d[2]
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def test_mfm_factorization_shapes():
+  model = small("mfm", factor_dim=8)
+  batch = fake_batch()
+  variables = init(model, batch)
+
+  @jax.jit
+  def run(variables):
+    logits, aux = model.apply(variables, batch, train=True, rngs=RNGS)
+    return logits, aux, tasks.get("vae").loss(logits, aux, batch)
+
+  logits, aux, (loss, metrics) = run(variables)
+  assert logits.shape == (B, 4) and aux["f_y"].shape == (B, 8)
+  assert all(aux["f"][m].shape == (B, 8) for m in MODALITIES)
+  assert aux["recon"]["image"].shape == (B, 8, 8)
+  assert aux["recon"]["audio"].shape == (B, 6, 40)
+  assert aux["recon"]["text"].shape == (B, 5, 20)
+  assert np.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("name", ["mfm", pytest.param("mvae", marks=pytest.mark.slow),
+                                  pytest.param("mmvae", marks=pytest.mark.slow)])
+def test_reconstruction_falls_on_a_tiny_batch(name):
+  model = small(name)
+  batch = fake_batch()
+  task = tasks.get("vae")
+  tx = optax.adam(3e-3)
+  params = init(model, batch)["params"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, i):
+    r = jax.random.fold_in(jax.random.PRNGKey(3), i)
+    rngs = {"dropout": r, "latent": jax.random.fold_in(r, 1)}
+
+    def loss_fn(p):
+      out, aux = model.apply({"params": p}, batch, train=True, rngs=rngs)
+      return task.loss(out, aux, batch)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  recon = []
+  for i in range(30):
+    params, opt_state, metrics = step(params, opt_state, i)
+    assert np.isfinite(metrics["loss"])
+    recon.append(sum(float(metrics[f"recon_error/{m}"]) for m in MODALITIES))
+  assert recon[-1] < 0.8 * recon[0], recon
+
+
+def test_mfm_predicts_from_every_subset_of_modalities():
+  model = small("mfm")
+  batch = fake_batch()
+  variables = init(model, batch)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  subsets = [s for r in (1, 2, 3) for s in itertools.combinations(MODALITIES, r)]
+  for observed in subsets:
+    present = np.broadcast_to(np.array([m in observed for m in MODALITIES]), (B, 3))
+    logits, aux = apply(variables, {**batch, "_present": present})
+    assert logits.shape == (B, 4) and np.isfinite(logits).all(), observed
+    assert all(np.isfinite(aux["recon"][m]).all() for m in MODALITIES)
+    # An unobserved modality's contents do not matter: its factors come from the surrogate.
+    scrambled = {**batch, "_present": present}
+    for m in MODALITIES:
+      if m not in observed:
+        scrambled[m] = np.zeros_like(batch[m])
+    np.testing.assert_allclose(apply(variables, scrambled)[0], logits, rtol=1e-5, atol=1e-6)
+  pred, recon = model.apply(variables, batch, ("audio",), method=model.predict_missing)
+  present = np.broadcast_to(np.array([False, True, False]), (B, 3))
+  np.testing.assert_allclose(pred, apply(variables, {**batch, "_present": present})[0], rtol=1e-5, atol=1e-6)
+  assert recon["image"].shape == (B, 8, 8)
+
+
+@pytest.mark.parametrize("name", ["mvae", "mmvae"])
+def test_absent_modalities_leave_the_posterior(name):
+  model = small(name, num_classes=0)
+  batch = fake_batch()
+  variables = init(model, batch)
+  present = np.broadcast_to(np.array([True, False, True]), (B, 3))
+
+  @jax.jit
+  def run(batch):
+    mu, aux = model.apply(variables, batch, train=False)
+    return mu, tasks.get("vae").loss(mu, aux, batch)[0]
+
+  mu, loss = run({**batch, "_present": present})
+  mu2, _ = run({**batch, "_present": present, "audio": np.zeros_like(batch["audio"])})
+  assert mu.shape == (B, 32) and np.isfinite(loss)
+  np.testing.assert_allclose(mu, mu2, rtol=1e-5, atol=1e-6)
