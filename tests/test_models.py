@@ -27,6 +27,16 @@ def fake_batch(seed=0, audio_len=12, text_len=6):
   }
 
 
+def init(model, batch, seed=0):
+  """Jitted ``model.init`` (one compile instead of op-by-op dispatch)."""
+  return jax.jit(lambda b: model.init(jax.random.PRNGKey(seed), b, train=False))(batch)
+
+
+def apply(model, variables, batch):
+  """Jitted evaluation-mode ``model.apply``."""
+  return jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, batch)
+
+
 def small(name, **kw):
   return models.build(name, {"vocab_size": 32, "width": 16, "num_heads": 2, **kw})
 
@@ -35,15 +45,15 @@ def small(name, **kw):
 def test_output_shapes_and_finite_gradients(name):
   model = small(name)
   batch = fake_batch()
-  variables = model.init(jax.random.PRNGKey(0), batch, train=False)
-  logits, aux = model.apply(variables, batch, train=False)
+  variables = init(model, batch)
+  logits, aux = apply(model, variables, batch)
   assert logits.shape == (B, 10) and aux["fused"].shape[0] == B
 
   def loss(params):
     out, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     return optax.softmax_cross_entropy_with_integer_labels(out, batch["label"]).mean()
 
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
   assert any(np.abs(g).sum() > 0 for g in jax.tree_util.tree_leaves(grads))
 
@@ -68,14 +78,14 @@ def test_padding_invariance(name):
   """Appending masked (padded) steps to every sequence leaves the output unchanged."""
   model = small(name)
   batch = fake_batch()
-  variables = model.init(jax.random.PRNGKey(0), batch, train=False)
-  out, _ = model.apply(variables, batch, train=False)
+  variables = init(model, batch)
+  out, _ = apply(model, variables, batch)
   padded = dict(batch)
   padded["audio"] = np.concatenate([batch["audio"], np.full((B, 5, 40), 7.0, np.float32)], axis=1)
   padded["audio_mask"] = np.concatenate([batch["audio_mask"], np.zeros((B, 5), bool)], axis=1)
   padded["text"] = np.concatenate([batch["text"], np.full((B, 3), 5, np.int32)], axis=1)
   padded["text_mask"] = np.concatenate([batch["text_mask"], np.zeros((B, 3), bool)], axis=1)
-  out_padded, _ = model.apply(variables, padded, train=False)
+  out_padded, _ = apply(model, variables, padded)
   np.testing.assert_allclose(out_padded, out, atol=1e-5)
 
 
@@ -93,10 +103,10 @@ def test_deterministic_init_and_dropout_under_fixed_seed():
 def test_unimodal_model_uses_only_its_modality():
   model = small("late_fusion", modalities=("audio",))
   batch = fake_batch()
-  variables = model.init(jax.random.PRNGKey(0), batch, train=False)
-  out, _ = model.apply(variables, batch, train=False)
+  variables = init(model, batch)
+  out, _ = apply(model, variables, batch)
   changed = dict(batch, image=batch["image"] + 1.0, text=batch["text"][:, ::-1])
-  np.testing.assert_allclose(model.apply(variables, changed, train=False)[0], out, atol=1e-6)
+  np.testing.assert_allclose(apply(model, variables, changed)[0], out, atol=1e-6)
   assert set(variables["params"]) == {"audio_embed", "audio_encoder", "head_hidden", "head_out"}
 
 
@@ -118,8 +128,8 @@ def test_missing_modality_and_bad_fields_are_clear_errors():
 def test_jax_attention_kernel_gives_the_same_model_output():
   batch = fake_batch()
   ref = small("early_fusion")
-  variables = ref.init(jax.random.PRNGKey(0), batch, train=False)
-  out_ref, _ = ref.apply(variables, batch, train=False)
-  out_jax, _ = small("early_fusion", attention="jax").apply(variables, batch, train=False)
+  variables = init(ref, batch)
+  out_ref, _ = apply(ref, variables, batch)
+  out_jax, _ = apply(small("early_fusion", attention="jax"), variables, batch)
   np.testing.assert_allclose(out_jax, out_ref, atol=1e-5)
   assert jnp.isfinite(out_ref).all()
