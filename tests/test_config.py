@@ -30,8 +30,13 @@ def test_every_config_loads_and_its_model_fits_its_data(path, arg, data_dir):
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
   outputs, aux = jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
   assert outputs.shape[0] == 2
-  loss, _ = jax.eval_shape(lambda o: task.loss(o, aux, batch), outputs)
-  assert loss.shape == ()
+
+  def train_loss(v):  # the training path, as train_step runs it
+    key = jax.random.PRNGKey(1)
+    out, aux = model.apply(v, batch, train=True, rngs={"dropout": key, "latent": key})
+    return task.loss(out, aux, batch)[0]
+
+  assert jax.eval_shape(train_loss, variables).shape == ()
 
 
 def test_overrides_set_nested_fields_with_types():
