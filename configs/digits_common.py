@@ -39,3 +39,14 @@ def apply_arg(c, arg):
     elif part:
       raise ValueError(f"unknown config argument {part!r}; use one of {MODALITIES} or 'runlocal'")
   return c
+
+
+def generative(model: str, arg=None, **model_kwargs):
+  """A generative model (``mfm``, ``mvae``, ``mmvae``) on digits_av, trained with the ``vae`` task
+  (reconstruction of every modality, prior matching, the label loss)."""
+  c = base()
+  c.model.name = model
+  c.model.kwargs = {"modalities": MODALITIES, "num_classes": 10, "vocab_size": VOCAB_SIZE, "width": 64,
+                    **model_kwargs}
+  c.task.name = "vae"
+  return apply_arg(c, arg)
