@@ -17,7 +17,7 @@ from pathlib import Path
 import ml_collections
 
 # Sections whose keys are free-form dictionaries (checked elsewhere or by the consumer).
-FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths")
+FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "generation.classifiers")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -57,6 +57,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 0.0
   c.optimizer.frozen = ""  # regex over parameter paths
   c.optimizer.grad_accum_steps = 1
+
+  c.generation = ml_collections.ConfigDict()  # generative models only (see mmjax.generation)
+  c.generation.coherence = ""  # "audio->image,text->image": cross-modal coherence at every evaluation
+  c.generation.classifiers = ml_collections.ConfigDict()  # modality -> workdir of a unimodal classifier
+  c.generation.grid = ""  # "audio->image": a PNG grid of generations in <workdir>/samples per evaluation
+  c.generation.grid_per_class = 2  # examples of each class in a grid
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

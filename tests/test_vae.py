@@ -188,3 +188,28 @@ def test_absent_modalities_leave_the_posterior(name):
   mu2, _ = run({**batch, "_present": present, "audio": np.zeros_like(batch["audio"])})
   assert mu.shape == (B, 32) and np.isfinite(loss)
   np.testing.assert_allclose(mu, mu2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mvae", "mmvae"])
+def test_predict_missing_generates_from_the_observed_experts_only(name):
+  model = small(name, num_classes=0)
+  batch = fake_batch()
+  variables = init(model, batch)
+  predict = jax.jit(functools.partial(model.apply, method=model.predict_missing), static_argnums=2)
+  # Observing everything is the joint posterior of the forward pass.
+  mu, recon = predict(variables, batch, MODALITIES)
+  joint, aux = model.apply(variables, batch, train=False)
+  np.testing.assert_allclose(mu, joint, rtol=1e-5, atol=1e-6)
+  if name == "mmvae":  # its aux reconstructions are the first (image) expert's, decoded at its mean
+    recon = predict(variables, batch, ("image",))[1]
+  np.testing.assert_allclose(recon["image"], aux["recon"]["image"], rtol=1e-5, atol=1e-6)
+  # From speech alone: the image and text contents do not matter, and every modality is generated.
+  mu_a, recon_a = predict(variables, batch, ("audio",))
+  scrambled = {**batch, "image": np.zeros_like(batch["image"]), "text": np.zeros_like(batch["text"])}
+  mu_b, recon_b = predict(variables, scrambled, ("audio",))
+  np.testing.assert_allclose(mu_a, mu_b, rtol=1e-5, atol=1e-6)
+  assert recon_a["image"].shape == (B, 8, 8) and recon_a["text"].shape == (B, 5, 20)
+  np.testing.assert_allclose(recon_a["image"], recon_b["image"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(mu_a, mu)
+  with pytest.raises(ValueError, match="non-empty subset"):
+    model.apply(variables, batch, ("depth",), method=model.predict_missing)

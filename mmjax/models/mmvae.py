@@ -32,6 +32,11 @@ class MMVAE(vc.MultimodalVAE):
 
   num_samples: int = 1  # K samples per expert; > 1 gives the stratified IWAE bound
 
+  def posterior_mean(self, mus, logvars, present):
+    """Mean of the uniform mixture of the present experts: the average of their means."""
+    p = present.T[..., None].astype(jnp.float32)
+    return (mus * p).sum(0) / jnp.maximum(p.sum(0), 1.0)
+
   def generate(self, z, likes: dict) -> dict:
     """Decode latents ``z [..., Z]`` (e.g. prior samples) to every modality in ``likes``."""
     return self.decode(z, likes)
@@ -56,8 +61,7 @@ class MMVAE(vc.MultimodalVAE):
           "log_ratio": log_q - log_p,
           "weight": present[:, i].astype(jnp.float32) / n_present,
       }
-    p = present.T[..., None].astype(jnp.float32)
-    mixture_mean = (mus * p).sum(0) / n_present[:, None]
+    mixture_mean = self.posterior_mean(mus, logvars, present)
     aux = {"terms": terms, "weights": self.weights(), "mu": mixture_mean,
            "recon": {o: r[0] for o, r in terms[self.modalities[0]]["recon"].items()}}
     return self.outputs(mixture_mean), aux

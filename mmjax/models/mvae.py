@@ -34,6 +34,10 @@ class MVAE(vc.MultimodalVAE):
     """PoE posterior ``(mu, logvar) [B, Z]`` of the experts marked in ``present [B, M]``."""
     return vc.product_of_experts(mus, logvars, present.T, prior_expert=True)
 
+  def posterior_mean(self, mus, logvars, present):
+    """Mean of the product of the present experts and the prior expert."""
+    return self.posterior(mus, logvars, present)[0]
+
   def generate(self, z, likes: dict) -> dict:
     """Decode latents ``z [..., Z]`` (e.g. prior samples) to every modality in ``likes``."""
     return self.decode(z, likes)

@@ -316,6 +316,24 @@ class MultimodalVAE(nn.Module):
       return mu
     return self.probe(jax.lax.stop_gradient(mu)).astype(jnp.float32)
 
+  def posterior_mean(self, mus, logvars, present):
+    """Mean ``[B, Z]`` of the joint posterior of the experts marked in ``present [B, M]`` (per model)."""
+    raise NotImplementedError
+
+  def predict_missing(self, batch: dict, observed: Sequence[str]):
+    """Outputs and reconstructions of *all* modalities from the ``observed`` ones only: the joint
+    posterior of the observed experts, decoded at its mean (inference mode). Cross-modal generation
+    (e.g. ``observed=("audio",)`` gives images generated from speech). Returns
+    ``(outputs, {m: reconstruction})``."""
+    unknown = set(observed) - set(self.modalities)
+    if unknown or not observed:
+      raise ValueError(f"observed must be a non-empty subset of {tuple(self.modalities)}; got {observed}")
+    b = batch[self.modalities[0]].shape[0]
+    present = jnp.broadcast_to(jnp.array([m in observed for m in self.modalities]), (b, len(self.modalities)))
+    mus, logvars = self.encode(batch, train=False)
+    mu = self.posterior_mean(mus, logvars, present)
+    return self.outputs(mu), self.decode(mu, {m: batch[m] for m in self.modalities})
+
   def weights(self) -> dict:
     return {"recon": {m: self.recon_weight for m in self.modalities}, "beta": self.beta, "mmd": 0.0,
             "label": self.probe_weight if self.num_classes else 0.0, "regression": 0.0}

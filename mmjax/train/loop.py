@@ -78,6 +78,7 @@ class Run:
   abstract_state: Any
   init: Any  # () -> sharded TrainState
   checkpointer: Checkpointer
+  generation: Any = None  # mmjax.generation.CrossModal when config.generation asks for coherence or grids
 
   def restore_or_init(self, step: int | None = None, *, require: bool = False) -> TrainState:
     """The checkpoint at ``step`` (default: latest) if there is one, else a fresh state."""
@@ -110,6 +111,8 @@ class Run:
                 for k in collected[0]}
       valid = arrays.pop("_valid") > 0
       result.update(self.task.summarize({k: v[valid] for k, v in arrays.items()}))
+    if self.generation is not None:
+      result.update(self.generation.coherence(params, split))
     return {**result, "count": int(count)}
 
 
@@ -140,8 +143,13 @@ def build_run(config, workdir, devices=None) -> Run:
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                               keep=config.keep_checkpoints, identity=identity,
                               async_save=config.async_checkpoints)
-  return Run(config, workdir, mesh, model, task, tx, mesh_lib.batch_sharding(mesh), state_shardings,
-             abstract, init_sharded, checkpointer)
+  run = Run(config, workdir, mesh, model, task, tx, mesh_lib.batch_sharding(mesh), state_shardings,
+            abstract, init_sharded, checkpointer)
+  if config.generation.coherence or config.generation.grid:
+    from mmjax.generation import CrossModal
+
+    run.generation = CrossModal(run, label_key=getattr(task, "label_key", "label"))
+  return run
 
 
 class _Log:
@@ -261,6 +269,7 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
         log.write(step=done, split=config.data.eval_split, **result)
         if is_main:
           bar.write(f"step {done}: {config.data.eval_split} " + _fmt(result))
+        _write_grid(run, state.params, done, bar.write if is_main else None)
       run.checkpointer.save(done, state)
       if sigterm.raised:
         run.checkpointer.save(done, state, force=True)
@@ -276,9 +285,20 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
     final[split] = run.evaluate(state.params, split, eval_fn)
     log.write(step=final_step, split=split, **final[split])
     say(f"mmjax: final {split}: " + _fmt(final[split]))
+  _write_grid(run, state.params, final_step, say)
   if is_main:
     (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
   return final
+
+
+def _write_grid(run: Run, params, step: int, echo) -> None:
+  """The sample grid of this evaluation (``config.generation.grid``), if the config asks for one."""
+  if run.generation is None or run.generation.grid_pair is None:
+    return
+  split = run.config.data.eval_split
+  path = run.generation.write_grid(params, split, run.generation.grid_path(run.workdir, step))
+  if echo is not None:
+    echo(f"mmjax: samples {'->'.join(run.generation.grid_pair)} ({split}) written to {path}")
 
 
 def evaluate_checkpoint(config, workdir, split: str, step: int | None = None) -> dict:

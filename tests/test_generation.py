@@ -1,0 +1,141 @@
+"""Cross-modal generation: coherence scored by a trained unimodal classifier, PNG grids, `mmjax sample`."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax import generation
+from mmjax.config import ConfigError
+from mmjax.data import pipeline
+from mmjax.train import evaluate_checkpoint, train_and_evaluate
+from mmjax.train.loop import build_run
+
+QUIET = dict(devices=jax.devices()[:1], echo=lambda *a: None)
+NO_CKPT = ["checkpoint_every=0", "eval_every=0", "async_checkpoints=false"]
+
+
+def test_parse_pairs():
+  assert generation.parse_pairs("audio->image, text->image") == [("audio", "image"), ("text", "image")]
+  assert generation.parse_pairs("") == []
+  for bad in ("audio", "audio->", "->image", "image->image", "audio=>image"):
+    with pytest.raises(ConfigError, match="SOURCE->TARGET"):
+      generation.parse_pairs(bad)
+
+
+def test_tiles_and_png(tmp_path):
+  image = np.linspace(-0.5, 1.5, 64, dtype=np.float32).reshape(8, 8)
+  t, scale = generation.tile(image, "image")
+  assert t.shape == (8, 8) and t.min() == 0.0 and t.max() == 1.0 and scale == (0.0, 1.0)
+  seq = np.arange(30, dtype=np.float32).reshape(10, 3)
+  t, scale = generation.tile(seq, "sequence", np.arange(10) < 4)
+  assert t.shape == (3, 4) and scale == (0.0, 11.0)  # cut to 4 valid steps, features up
+  np.testing.assert_allclose(t[-1], np.array([0, 3, 6, 9]) / 11.0)
+  t2, _ = generation.tile(seq * 2, "sequence", np.arange(10) < 4, scale)  # the real tile's scale
+  np.testing.assert_allclose(t2[-1], np.minimum(np.array([0, 6, 12, 18]) / 11.0, 1.0))
+  with pytest.raises(ValueError, match="can only draw"):
+    generation.tile(np.zeros((2, 2, 2)), "image")
+  path = tmp_path / "grid.png"
+  rows = [[np.ones((8, 8))] * 3, [np.zeros((3, 40))] * 3]  # 8x8 enlarged x4; 3x40 enlarged x11
+  generation.write_png(rows, path, gap=2)
+  png = np.asarray(Image.open(path))
+  assert png.dtype == np.uint8 and png.shape == (2 + 32 + 2 + 33 + 2, 2 + 3 * (440 + 2))
+  assert png[2:34, 2:34].min() == 255 and png[36:69, 2:442].max() == 0
+
+
+def test_grid_examples_are_sorted_and_balanced(tiny_config):
+  cfg = tiny_config("mfm_digits")
+  batch = generation.grid_examples(cfg.data, "validation", per_class=2)
+  np.testing.assert_array_equal(batch["label"], np.repeat(np.arange(10), 2))
+  assert batch["image"].shape == (20, 8, 8) and batch["audio_mask"].shape == (20, 80)
+  with pytest.raises(ConfigError, match="grid_per_class"):
+    generation.grid_examples(cfg.data, "validation", per_class=0)
+
+
+@pytest.fixture(scope="module")
+def image_classifier(tmp_path_factory, data_dir):
+  """A tiny image-only classifier trained for a few steps (its accuracy only needs to be reproducible)."""
+  from mmjax.config import get_config
+
+  from .conftest import CONFIGS
+
+  workdir = tmp_path_factory.mktemp("classifier_image")
+  cfg = get_config(f"{CONFIGS / 'late_fusion_digits.py'}:image,runlocal",
+                   [f"data.data_dir={data_dir}", "checkpoint_every=0", "async_checkpoints=false"])
+  train_and_evaluate(cfg, workdir, **QUIET)
+  return workdir
+
+
+def test_coherence_and_grids_through_the_engine(tiny_config, image_classifier, tmp_path):
+  cfg = tiny_config("mfm_digits", overrides=[*NO_CKPT, "generation.coherence=audio->image,text->image",
+                                             f"generation.classifiers.image={image_classifier}"])
+  final = train_and_evaluate(cfg, tmp_path, **QUIET)
+  test = final["test"]
+  for key in ("coherence/audio->image", "coherence/text->image", "classifier/image"):
+    assert 0.0 <= test[key] <= 1.0, key
+  # classifier/image is the classifier's own accuracy on the real test images.
+  own = evaluate_checkpoint(tiny_config("late_fusion_digits", "image,runlocal"), image_classifier, "test")
+  np.testing.assert_allclose(test["classifier/image"], own["test"]["accuracy"], atol=1e-6)
+
+  # Coherence recomputed by hand over the validation split: classify images generated from speech.
+  run = build_run(cfg, tmp_path, jax.devices()[:1])
+  state = run.restore_or_init(require=True)
+  run.checkpointer.close()
+  clf = run.generation.classifiers["image"]
+  hits = []
+  for batch in pipeline.eval_batches(cfg.data, "validation", global_batch_size=64):
+    _, recon = run.model.apply({"params": state.params}, batch, ("audio",), method="predict_missing")
+    pred = np.argmax(clf.logits(clf.params, recon["image"]), -1)
+    hits += list((pred == batch["label"])[batch["_valid"] > 0])
+  assert len(hits) == 179
+  np.testing.assert_allclose(final["validation"]["coherence/audio->image"], np.mean(hits), atol=1e-6)
+
+  # A grid at the final evaluation: rows real speech, real image, generated image; 20 columns.
+  grids = sorted((tmp_path / "samples").glob("audio-to-image-step*.png"))
+  assert [g.name for g in grids] == ["audio-to-image-step000006.png"]
+  png = np.asarray(Image.open(grids[0]))
+  assert png.shape[0] == 2 + 40 + 2 + 32 + 2 + 32 + 2
+  rows, labels = run.generation.grid(state.params, "validation")
+  assert len(rows) == 3 and all(len(r) == 20 for r in rows)
+  np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
+
+
+def test_sample_command_writes_a_grid(tiny_config, tmp_path):
+  from mmjax.cli import main
+
+  cfg = tiny_config("mvae_digits", overrides=NO_CKPT)
+  train_and_evaluate(cfg, tmp_path, **QUIET)
+  out = tmp_path / "speech_to_image.png"
+  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+               "--from", "audio", "--to", "image", "--per_class", "1", "--out", str(out),
+               f"--config.data.data_dir={cfg.data.data_dir}"]) == 0
+  png = np.asarray(Image.open(out))
+  # One column per digit, as wide as its speech (cut to its length) or the 32-pixel image, if wider.
+  lengths = generation.grid_examples(cfg.data, "test", per_class=1)["audio_mask"].sum(1)
+  assert png.shape == (2 + 40 + 2 + 32 + 2 + 32 + 2, 2 + sum(max(n, 32) + 2 for n in lengths))
+  # Token modalities cannot be drawn; unknown modalities are named.
+  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+               "--from", "audio", "--to", "text", f"--config.data.data_dir={cfg.data.data_dir}"]) == 2
+  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+               "--from", "depth", "--to", "image", f"--config.data.data_dir={cfg.data.data_dir}"]) == 2
+
+
+def test_bad_generation_configs_are_clear_errors(tiny_config, tmp_path, image_classifier):
+  missing = tiny_config("mfm_digits", overrides=["generation.coherence=audio->image",
+                                                 f"generation.classifiers.image={tmp_path / 'none'}"])
+  with pytest.raises(FileNotFoundError, match="no trained image classifier.*late_fusion_digits.py:image"):
+    build_run(missing, tmp_path / "a", jax.devices()[:1])
+  unset = tiny_config("mfm_digits", overrides=["generation.coherence=audio->image"])
+  unset.generation.classifiers = {}
+  with pytest.raises(ConfigError, match="generation.classifiers.image"):
+    build_run(unset, tmp_path / "b", jax.devices()[:1])
+  wrong = tiny_config("mfm_digits", overrides=["generation.coherence=image->audio",
+                                               f"generation.classifiers.audio={image_classifier}"])
+  with pytest.raises(ConfigError, match="reads modalities"):
+    build_run(wrong, tmp_path / "c", jax.devices()[:1])
+  unknown = tiny_config("mfm_digits", overrides=["generation.grid=depth->image"])
+  with pytest.raises(ConfigError, match="no modality 'depth'"):
+    build_run(unknown, tmp_path / "d", jax.devices()[:1])
+  not_generative = tiny_config(overrides=["generation.grid=audio->image"])
+  with pytest.raises(ConfigError, match="cannot generate"):
+    build_run(not_generative, tmp_path / "e", jax.devices()[:1])
