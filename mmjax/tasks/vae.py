@@ -19,7 +19,8 @@ Gaussian with unit variance (``ln p = -1/2 (x - mu)^2 - 1/2 ln 2 pi`` per elemen
 ``-mean_B sum_terms weight * bound + mmd_w * sum MMD + regression_w * sum MSE + label_w * disc``
 
 with ``disc`` the cross-entropy of ``outputs [B, C]`` against ``batch[label_key]`` (L1 for ``outputs
-[B]``), skipped when the label weight is 0 or the batch has no label.
+[B]``), skipped when the label weight is 0 or the batch has no label. ``metrics="mosi"`` adds the
+sentiment metrics of :func:`mmjax.metrics.mosi_metrics` over whole splits (for ``outputs [B]``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import dataclasses
 import jax.numpy as jnp
 import optax
 
+from mmjax.metrics import mosi_metrics
 from mmjax.models import vae_common as vc
 from mmjax.tasks.classification import example_weights
 
@@ -56,6 +58,11 @@ class VAE:
   """Loss and metrics of a latent-variable model from its ``aux`` (see the module docstring)."""
 
   label_key: str = "label"
+  metrics: str = ""  # or "mosi": split-level sentiment metrics of the predictions [B]
+
+  def __post_init__(self):
+    if self.metrics not in ("", "mosi"):
+      raise ValueError(f"unknown vae metrics {self.metrics!r}; available: '', 'mosi'")
 
   def _per_example(self, outputs, aux, batch):
     """``{name: [B]}`` per-example quantities and ``{name: scalar}`` batch-level ones."""
@@ -139,3 +146,17 @@ class VAE:
       sums[k] = v * n
     sums["count"] = n
     return sums
+
+  def eval_outputs(self, outputs, aux, batch):
+    """Per-example predictions and labels when split-level metrics are asked for (else nothing)."""
+    del aux
+    if not self.metrics:
+      return {}
+    if outputs.ndim != 1:
+      raise ValueError(f"metrics='mosi' needs predictions [B] (num_classes=1); got {outputs.shape}")
+    return {"pred": outputs.astype(jnp.float32),
+            "label": batch[self.label_key].reshape(outputs.shape[0]).astype(jnp.float32)}
+
+  def summarize(self, arrays):
+    """Sentiment metrics over a whole split (``metrics="mosi"``)."""
+    return mosi_metrics(arrays["pred"], arrays["label"]) if self.metrics else {}

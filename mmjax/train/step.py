@@ -43,7 +43,8 @@ def eval_step(params, batch: dict, *, model, task):
   per_example = {}
   if hasattr(task, "eval_outputs"):
     per_example = dict(task.eval_outputs(outputs, aux, batch))
-    per_example["_valid"] = batch.get("_valid", jnp.ones(outputs.shape[:1], jnp.float32))
+    if per_example:
+      per_example["_valid"] = batch.get("_valid", jnp.ones(outputs.shape[:1], jnp.float32))
   return task.eval_sums(outputs, aux, batch), per_example
 
 
