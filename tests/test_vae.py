@@ -213,3 +213,35 @@ def test_predict_missing_generates_from_the_observed_experts_only(name):
   assert not np.allclose(mu_a, mu)
   with pytest.raises(ValueError, match="non-empty subset"):
     model.apply(variables, batch, ("depth",), method=model.predict_missing)
+
+
+def test_vae_task_elbo_matches_a_hand_computed_value():
+  """One example, one sample: ELBO = w * (ln p(image) + ln p(audio) + ln p(text)) - beta * log_ratio,
+  with a Bernoulli image, a unit-variance Gaussian feature sequence (one padded step) and tokens."""
+  image = np.array([[[0.0, 1.0], [0.25, 0.5]]], np.float32)  # [B=1, 2, 2]
+  image_mean = np.array([[[0.1, 0.8], [0.5, 0.5]]], np.float32)
+  audio = np.array([[[1.0, 2.0], [9.0, 9.0]]], np.float32)  # step 2 is padding
+  audio_mean = np.array([[[0.5, 2.5], [0.0, 0.0]]], np.float32)
+  text = np.array([[2, 0]], np.int32)
+  text_logits = np.log(np.array([[[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]]], np.float32))
+  batch = {"image": image, "audio": audio, "audio_mask": np.array([[True, False]]), "text": text,
+           "label": np.array([1], np.int32)}
+  recon = {"image": image_mean[None], "audio": audio_mean[None], "text": text_logits[None]}
+  aux = {"terms": {"joint": {"recon": recon, "recon_mask": {m: np.array([True]) for m in MODALITIES},
+                             "log_ratio": np.array([[0.7]], np.float32), "weight": np.ones(1, np.float32)}},
+         "weights": {"recon": {m: 0.5 for m in MODALITIES}, "beta": 2.0, "mmd": 0.0, "label": 0.0,
+                     "regression": 0.0}}
+  ll_image = sum(x * math.log(p) + (1 - x) * math.log(1 - p)
+                 for x, p in zip(image.ravel(), image_mean.ravel(), strict=True))
+  ll_audio = -0.5 * (0.5**2 + 0.5**2) - 2 * 0.5 * math.log(2 * math.pi)  # the padded step does not count
+  ll_text = math.log(0.5) + math.log(0.6)
+  elbo = 0.5 * (ll_image + ll_audio + ll_text) - 2.0 * 0.7
+  loss, metrics = tasks.get("vae").loss(np.zeros((1, 4), np.float32), aux, batch)
+  np.testing.assert_allclose(metrics["elbo/joint"], elbo, rtol=1e-5)
+  np.testing.assert_allclose(loss, -elbo, rtol=1e-5)
+  np.testing.assert_allclose(metrics["recon_error/audio"], 0.25, rtol=1e-6)  # mean over the valid elements
+  np.testing.assert_allclose(metrics["recon_error/image"], np.mean((image - image_mean) ** 2), rtol=1e-6)
+  # The same with a Gaussian image likelihood.
+  ll_gauss = -0.5 * float(np.sum((image - image_mean) ** 2)) - 4 * 0.5 * math.log(2 * math.pi)
+  _, metrics = tasks.get("vae", bernoulli=()).loss(np.zeros((1, 4), np.float32), aux, batch)
+  np.testing.assert_allclose(metrics["elbo/joint"], 0.5 * (ll_gauss + ll_audio + ll_text) - 1.4, rtol=1e-5)
