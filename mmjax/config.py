@@ -58,6 +58,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.frozen = ""  # regex over parameter paths
   c.optimizer.grad_accum_steps = 1
 
+  c.init = ml_collections.ConfigDict()  # start from pretrained parameters (mmjax.train.pretrained)
+  c.init.workdir = ""  # the latest checkpoint of another mmjax run ...
+  c.init.hf_gpt2 = ""  # ... or a Hugging Face GPT-2 directory (config.json + model.safetensors)
+  c.init.source = ""  # subtree of those parameters to take ("" = all), e.g. "lm"
+  c.init.target = ""  # where it goes in this model's parameters ("" = the whole tree), e.g. "lm"
+
   c.generation = ml_collections.ConfigDict()  # generative models only (see mmjax.generation)
   c.generation.coherence = ""  # "audio->image,text->image": cross-modal coherence at every evaluation
   c.generation.classifiers = ml_collections.ConfigDict()  # modality -> workdir of a unimodal classifier
