@@ -245,3 +245,12 @@ def test_vae_task_elbo_matches_a_hand_computed_value():
   ll_gauss = -0.5 * float(np.sum((image - image_mean) ** 2)) - 4 * 0.5 * math.log(2 * math.pi)
   _, metrics = tasks.get("vae", bernoulli=()).loss(np.zeros((1, 4), np.float32), aux, batch)
   np.testing.assert_allclose(metrics["elbo/joint"], 0.5 * (ll_gauss + ll_audio + ll_text) - 1.4, rtol=1e-5)
+
+
+def test_likelihood_scales_balance_modalities_by_size():
+  likes = {m: v for m, v in fake_batch().items() if m in MODALITIES}  # image 8x8, audio 6x40, text 5
+  assert vc.likelihood_scales(likes, MODALITIES) == {"image": 240 / 64, "audio": 1.0, "text": 48.0}
+  model = small("mvae", balance_likelihoods=True, recon_weight=0.5)
+  batch = fake_batch()
+  _, aux = model.apply(init(model, batch), batch, train=False)
+  assert aux["weights"]["recon"] == {"image": 0.5 * 240 / 64, "audio": 0.5, "text": 24.0}

@@ -62,6 +62,6 @@ class MMVAE(vc.MultimodalVAE):
           "weight": present[:, i].astype(jnp.float32) / n_present,
       }
     mixture_mean = self.posterior_mean(mus, logvars, present)
-    aux = {"terms": terms, "weights": self.weights(), "mu": mixture_mean,
+    aux = {"terms": terms, "weights": self.weights(likes), "mu": mixture_mean,
            "recon": {o: r[0] for o, r in terms[self.modalities[0]]["recon"].items()}}
     return self.outputs(mixture_mean), aux

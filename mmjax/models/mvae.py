@@ -67,6 +67,6 @@ class MVAE(vc.MultimodalVAE):
           "log_ratio": vc.kl_standard_normal(mu, logvar)[None],
           "weight": jnp.ones(mu.shape[:1], jnp.float32),
       }
-    aux = {"terms": terms, "weights": self.weights(), "mu": joint_mu,
+    aux = {"terms": terms, "weights": self.weights(likes), "mu": joint_mu,
            "recon": {m: r[0] for m, r in terms["joint"]["recon"].items()}}
     return self.outputs(joint_mu), aux

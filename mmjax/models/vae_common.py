@@ -246,6 +246,19 @@ def present_mask(batch: dict, modalities) -> jax.Array:
   return jnp.broadcast_to(p, (b, len(modalities)))
 
 
+def likelihood_scales(likes: dict, modalities) -> dict:
+  """``{m: D_max / D_m}`` with ``D_m`` the number of elements of one example of modality ``m`` (padded
+  length x features; tokens count one per step): the likelihood scaling of Shi et al. (2019, app. C), which
+  keeps a high-dimensional modality (speech frames) from drowning out a small one (an 8x8 image)."""
+  def elements(like):
+    shape = like.shape if hasattr(like, "shape") else like[0]
+    return math.prod(shape[1:])
+
+  dims = {m: elements(likes[m]) for m in modalities}
+  top = max(dims.values())
+  return {m: top / d for m, d in dims.items()}
+
+
 def modality_batch(batch: dict, modality: str):
   """``(inputs, mask_or_None)`` of ``modality``; a clear error when the batch lacks it."""
   if modality not in batch:
@@ -285,6 +298,7 @@ class MultimodalVAE(nn.Module):
   num_heads: int = 4
   dropout: float = 0.0
   recon_weight: float = 1.0
+  balance_likelihoods: bool = False  # scale ln p(x_m | z) by D_max / D_m (D: elements per example)
   beta: float = 1.0  # weight of the KL / log-ratio term
   probe_weight: float = 1.0
   attention: str = "xla"
@@ -334,6 +348,11 @@ class MultimodalVAE(nn.Module):
     mu = self.posterior_mean(mus, logvars, present)
     return self.outputs(mu), self.decode(mu, {m: batch[m] for m in self.modalities})
 
-  def weights(self) -> dict:
-    return {"recon": {m: self.recon_weight for m in self.modalities}, "beta": self.beta, "mmd": 0.0,
+  def weights(self, likes: dict) -> dict:
+    """The objective's weights (see :mod:`mmjax.tasks.vae`); ``likes`` gives the modalities' shapes."""
+    recon = {m: self.recon_weight for m in self.modalities}
+    if self.balance_likelihoods:
+      scales = likelihood_scales(likes, self.modalities)
+      recon = {m: w * scales[m] for m, w in recon.items()}
+    return {"recon": recon, "beta": self.beta, "mmd": 0.0,
             "label": self.probe_weight if self.num_classes else 0.0, "regression": 0.0}
