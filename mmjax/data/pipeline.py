@@ -24,7 +24,8 @@ import tensorflow_datasets as tfds
 
 import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
 
-EMBEDDED = ("digits_av",)  # datasets whose data ships inside the package (built on first use)
+# datasets whose data ships inside the package (built on first use)
+EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
 
 
 class DatasetError(RuntimeError):

@@ -54,6 +54,13 @@ class Vocabulary:
     with importlib.resources.as_file(ref) as path:
       return cls.from_file(path)
 
+  @classmethod
+  def digits_captions(cls) -> Vocabulary:
+    """Loads the vocabulary of ``digits_av_captions`` (``<pad>``, ``<unk>``, ``<bos>``, ``.``, then words)."""
+    ref = importlib.resources.files("mmjax.data.assets").joinpath("digits_captions_vocab.txt")
+    with importlib.resources.as_file(ref) as path:
+      return cls.from_file(path)
+
   @property
   def tokens(self) -> list[str]:
     """All tokens, indexed by id."""
