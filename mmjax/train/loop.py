@@ -140,7 +140,7 @@ def build_run(config, workdir, devices=None) -> Run:
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
   init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
   if config.init.workdir or config.init.hf_gpt2:
-    init_sharded = _with_pretrained(init_sharded, config.init, tx, state_shardings)
+    init_sharded = _with_pretrained(init, config.init, tx, state_shardings)
   identity = {"model": config.model.name, "kwargs": config.model.kwargs.to_dict()}
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                               keep=config.keep_checkpoints, identity=identity,
@@ -155,15 +155,18 @@ def build_run(config, workdir, devices=None) -> Run:
 
 
 def _with_pretrained(init_fn, init_cfg, tx, shardings):
-  """``init_fn`` followed by grafting the parameters ``config.init`` names (see
-  :mod:`mmjax.train.pretrained`) and rebuilding the optimizer state for them."""
+  """A sharded init that grafts the parameters ``config.init`` names into ``init_fn()``'s (see
+  :mod:`mmjax.train.pretrained`) and builds the optimizer state for the result, in one jitted call
+  (the pretrained arrays are its arguments, not constants)."""
   from mmjax.train.pretrained import graft, load_pretrained
 
+  def grafted(pretrained):
+    state = nn.unbox(init_fn())
+    params = graft(state.params, pretrained, init_cfg.target)
+    return state.replace(params=params, opt_state=tx.init(params))
+
   def init():
-    state = init_fn()
-    params = graft(state.params, load_pretrained(init_cfg), init_cfg.target)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    return state.replace(params=params, opt_state=opt_state)
+    return jax.jit(grafted, out_shardings=shardings)(load_pretrained(init_cfg))
 
   return init
 

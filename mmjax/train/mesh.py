@@ -104,5 +104,13 @@ def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
   """``NamedSharding`` for every leaf of an abstract (``eval_shape``) tree that may hold flax
   ``LogicallyPartitioned`` boxes; unannotated leaves are replicated. The result has the structure of
   the *unboxed* tree."""
-  specs = nn.get_partition_spec(boxed_abstract_tree)
+  # Per leaf, not nn.get_partition_spec: optax keeps the boxes of masked parameters (frozen ones, or those
+  # without weight decay) around an empty MaskedNode, which must stay an empty node, not become a leaf.
+  def spec(x):
+    if not isinstance(x, nn.meta.AxisMetadata):
+      return P()
+    return x.get_partition_spec() if jax.tree_util.tree_leaves(x.unbox()) else x.unbox()
+
+  boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  specs = jax.tree_util.tree_map(spec, boxed_abstract_tree, is_leaf=boxed)
   return nn.logical_to_mesh_sharding(specs, mesh, list(rules))

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -43,7 +44,7 @@ def _flat(tree) -> dict:
 
 def graft(params, pretrained, target: str = ""):
   """A copy of ``params`` with the subtree at ``target`` replaced by ``pretrained``, whose leaves must
-  match the subtree's paths and shapes exactly. Leaves keep ``params``' dtype and sharding."""
+  match the subtree's paths and shapes exactly (they take ``params``' dtypes). Works inside ``jit``."""
   current = subtree(params, target, "the model")
   have, want = _flat(pretrained), _flat(current)
   missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -56,12 +57,8 @@ def graft(params, pretrained, target: str = ""):
       raise CheckpointError(f"pretrained parameter {target + '/' if target else ''}{k} has shape "
                             f"{tuple(np.shape(have[k]))}; the model needs {tuple(leaf.shape)}")
 
-  def put(new, old):
-    value = np.asarray(new, dtype=old.dtype)
-    sharding = getattr(old, "sharding", None)
-    return jax.device_put(value, sharding) if sharding is not None else jax.numpy.asarray(value)
-
-  replaced = jax.tree_util.tree_map(put, _match(pretrained, current), current)
+  replaced = jax.tree_util.tree_map(lambda new, old: jnp.asarray(new, dtype=old.dtype),
+                                    _match(pretrained, current), current)
   keys = _split(target)
   if not keys:
     return replaced
