@@ -15,11 +15,12 @@ import difflib
 
 from mmjax.tasks.classification import Classification
 from mmjax.tasks.multilabel import MultiLabelBinary
+from mmjax.tasks.next_token import NextToken
 from mmjax.tasks.regression import Regression
 from mmjax.tasks.vae import VAE
 
 _TASKS = {"classification": Classification, "regression": Regression,
-          "multilabel_binary": MultiLabelBinary, "vae": VAE}
+          "multilabel_binary": MultiLabelBinary, "next_token": NextToken, "vae": VAE}
 
 
 def get(name: str, **kwargs):
@@ -31,4 +32,4 @@ def get(name: str, **kwargs):
   return _TASKS[name](**kwargs)
 
 
-__all__ = ["Classification", "MultiLabelBinary", "Regression", "VAE", "get"]
+__all__ = ["Classification", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get"]

@@ -1,0 +1,181 @@
+"""Frozen — Multimodal Few-Shot Learning with Frozen Language Models
+(Tsimpoukelli, Menick, Cabi, Eslami, Vinyals, Hill, NeurIPS 2021).
+
+A vision encoder maps an image to ``n`` embeddings in the input-embedding space of a pretrained causal
+language model (sec. 3.1: a visual prefix, ``n = 2``); the language model stays frozen and only the
+encoder learns, from image captioning: ``[prefix(image) ; embed(caption)]`` through the LM, loss on the
+caption tokens only (sec. 3.2). Because the interface is just embeddings, a prompt can interleave several
+images and text segments (sec. 3.3), which gives few-shot learning "for free" (see :mod:`mmjax.fewshot`).
+
+* :class:`VisionEncoder` — a residual conv net (the paper: NF-ResNet-50) pooled and linearly mapped to
+  ``n x D``.
+* :class:`Frozen` — encoder + :class:`~mmjax.models.gpt2.GPT2` (parameters under ``lm``, so a pretrained LM
+  from ``config.init`` grafts there and ``optimizer.frozen = "lm/.*"`` freezes it through the optax mask);
+  ``__call__`` is the captioning forward pass, :meth:`Frozen.interleaved` the forward pass of any
+  interleaved sequence.
+
+Deviations: the default encoder is a small pre-activation ResNet with GroupNorm (the paper's NF-ResNet-50 is
+normaliser-free; both avoid batch statistics) sized for small images; the LM is GPT-2 (the paper: a 7B
+transformer trained on C4) and runs without dropout while frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models.gpt2 import GPT2
+from mmjax.models.registry import register
+
+
+class ResidualBlock(nn.Module):
+  """Pre-activation residual block: ``x + conv(relu(gn(conv(relu(gn(x))))))``, strided projection when
+  the stride or width changes (He et al., 2016)."""
+
+  width: int
+  stride: int = 1
+  groups: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    groups = min(self.groups, x.shape[-1])
+    h = nn.relu(nn.GroupNorm(num_groups=groups, dtype=self.dtype, name="norm1")(x))
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.width:
+      shortcut = nn.Conv(self.width, (1, 1), (self.stride, self.stride), use_bias=False, dtype=self.dtype,
+                         name="project")(h)
+    h = nn.Conv(self.width, (3, 3), (self.stride, self.stride), use_bias=False, dtype=self.dtype,
+                name="conv1")(h)
+    h = nn.relu(nn.GroupNorm(num_groups=min(self.groups, self.width), dtype=self.dtype, name="norm2")(h))
+    h = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(h)
+    return shortcut + h
+
+
+class VisionEncoder(nn.Module):
+  """Image ``[B, H, W]`` (grey) or ``[B, H, W, C]`` -> visual prefix ``[B, num_prefix, embed_dim]``.
+
+  A 3x3 stem, ``len(widths)`` stages of ``blocks`` residual blocks (stride 2 from the second stage on),
+  global average pooling and one linear map to ``num_prefix * embed_dim`` (the paper's prefix head).
+  """
+
+  embed_dim: int
+  num_prefix: int = 2
+  widths: Sequence[int] = (32, 64)
+  blocks: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    x = jnp.asarray(images, self.dtype)
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4:
+      raise ValueError(f"images must be [B, H, W] or [B, H, W, C]; got shape {images.shape}")
+    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, dtype=self.dtype, name="stem")(x)
+    for s, width in enumerate(self.widths):
+      for b in range(self.blocks):
+        stride = 2 if (s > 0 and b == 0) else 1
+        x = ResidualBlock(width, stride, dtype=self.dtype, name=f"stage{s}_block{b}")(x)
+    x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]), dtype=self.dtype, name="norm")(x))
+    x = x.mean(axis=(1, 2))
+    x = nn.Dense(self.num_prefix * self.embed_dim, dtype=self.dtype, name="to_prefix")(x)
+    return x.reshape(x.shape[0], self.num_prefix, self.embed_dim)
+
+
+def lm_fields(module) -> dict:
+  """The :class:`GPT2` constructor arguments held by ``module`` (Frozen / CausalLM share them)."""
+  return dict(vocab_size=module.vocab_size, n_positions=module.n_positions, n_embd=module.n_embd,
+              n_layer=module.n_layer, n_head=module.n_head, embd_pdrop=module.lm_dropout,
+              attn_pdrop=module.lm_dropout, resid_pdrop=module.lm_dropout, attention=module.attention,
+              dtype=module.dtype)
+
+
+@register("frozen")
+class Frozen(nn.Module):
+  """Vision encoder prompting a (frozen) GPT-2; ``__call__`` returns ``(logits [B, T, V], aux)`` for the
+  caption ``batch[text_key]``, where ``logits[:, t]`` predicts caption token ``t`` from the image prefix
+  and the tokens before it; ``aux`` holds ``targets`` and ``weights`` for the ``next_token`` task."""
+
+  # The language model (GPT-2 fields; defaults: GPT-2 small).
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  lm_dropout: float = 0.0  # the frozen LM runs deterministically
+  # The vision encoder.
+  num_prefix: int = 2
+  vision_widths: Sequence[int] = (32, 64)
+  vision_blocks: int = 1
+  image_key: str = "image"
+  text_key: str = "caption_tokens"
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.lm = GPT2(**lm_fields(self))
+    self.vision = VisionEncoder(self.n_embd, self.num_prefix, tuple(self.vision_widths), self.vision_blocks,
+                                self.dtype)
+
+  def prefix(self, images):
+    """Visual prefix ``[B, num_prefix, n_embd]`` of images ``[B, H, W(, C)]``."""
+    return self.vision(images)
+
+  def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):
+    """Logits ``[B, L, V]`` of an interleaved image/text sequence.
+
+    ``images [B, S, H, W(, C)]`` are the sequence's ``S`` images; position ``l`` of the sequence holds a
+    token (``kinds == 1``: ``tokens[b, l]``), one of the image prefixes (``kinds == 2``: prefix vector
+    ``slots[b, l]`` of the ``S * num_prefix`` flattened prefixes), or padding (``kinds == 0``, right-padded).
+    Build these arrays with :func:`mmjax.fewshot.pack`.
+    """
+    b, s = images.shape[:2]
+    pre = self.prefix(images.reshape(b * s, *images.shape[2:])).reshape(b, s * self.num_prefix, self.n_embd)
+    img = jnp.take_along_axis(pre, jnp.clip(slots, 0, s * self.num_prefix - 1)[..., None], axis=1)
+    emb = jnp.where((kinds == 2)[..., None], img.astype(self.dtype), self.lm.embed(tokens).astype(self.dtype))
+    logits, _ = self.lm(embeddings=emb, attention_mask=kinds > 0, train=train)
+    return logits
+
+  def __call__(self, batch: dict, *, train: bool):
+    tokens = batch[self.text_key]
+    mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
+    prefix = self.prefix(batch[self.image_key])
+    emb = jnp.concatenate([prefix.astype(self.dtype), self.lm.embed(tokens).astype(self.dtype)], axis=1)
+    real = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), mask.astype(bool)], axis=1)
+    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
+    n, t = self.num_prefix, tokens.shape[1]
+    return logits[:, n - 1:n - 1 + t], {"targets": tokens, "weights": mask.astype(jnp.float32)}
+
+
+@register("causal_lm")
+class CausalLM(nn.Module):
+  """A GPT-2 language model trained on the text of a dataset (``batch[text_key]``), with its parameters
+  under ``lm`` like :class:`Frozen`'s: train it, then graft it into Frozen with ``init.workdir`` and
+  ``init.source = init.target = "lm"``. ``logits[:, t]`` predicts token ``t`` from ``bos_id`` and the
+  tokens before it."""
+
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  lm_dropout: float = 0.1
+  bos_id: int = 2  # "<bos>" of the digits captions vocabulary; GPT-2's is 50256 (<|endoftext|>)
+  text_key: str = "caption_tokens"
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.lm = GPT2(**lm_fields(self))
+
+  def __call__(self, batch: dict, *, train: bool):
+    tokens = batch[self.text_key]
+    mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
+    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype), tokens[:, :-1]], 1)
+    real = jnp.concatenate([jnp.ones((tokens.shape[0], 1), bool), mask[:, :-1].astype(bool)], axis=1)
+    logits, _ = self.lm(inputs, attention_mask=real, train=train)
+    return logits, {"targets": tokens, "weights": mask.astype(jnp.float32)}
