@@ -1,4 +1,4 @@
-"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``data build``, ``bench``.
+"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``fewshot``, ``data build``, ``bench``.
 
 ``mmjax train --config configs/late_fusion_digits.py --workdir runs/demo --config.optimizer.lr=3e-4``
 Any ``--config.a.b=value`` overrides a config field; unknown fields are errors.
@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
   smp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   smp.add_argument("--per_class", type=int, default=None, help="examples per class (default: config)")
   smp.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/...)")
+
+  fs = sub.add_parser("fewshot", help="few-shot accuracy of a Frozen checkpoint (interleaved prompts)")
+  fs.add_argument("--config", required=True)
+  fs.add_argument("--workdir", required=True)
+  fs.add_argument("--protocol", default="fast_binding,classification",
+                  help="comma-separated: fast_binding (new names bound in the prompt), classification")
+  fs.add_argument("--shots", default="0,1,2,3,4,5", help="support examples per class, comma-separated")
+  fs.add_argument("--episodes", type=int, default=200, help="episodes per protocol and shot count")
+  fs.add_argument("--ways", type=int, default=2, help="classes per episode")
+  fs.add_argument("--split", default=None, help="split to draw images from (default: the test split)")
+  fs.add_argument("--seed", type=int, default=0)
+  fs.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
   data = sub.add_parser("data", help="dataset commands")
   data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -113,7 +125,7 @@ def main(argv=None) -> int:
       return 2
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
-  if overrides and args.command not in ("train", "eval", "sample"):
+  if overrides and args.command not in ("train", "eval", "sample", "fewshot"):
     raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample, not {args.command}")
 
   from mmjax.config import ConfigError, get_config
@@ -135,6 +147,15 @@ def main(argv=None) -> int:
       path = sample(get_config(args.config, overrides), args.workdir, args.source, args.target,
                     split=args.split, step=args.step, per_class=args.per_class, out=args.out)
       print(f"mmjax: wrote {path}")
+      return 0
+
+    if args.command == "fewshot":
+      from mmjax.fewshot import run_fewshot
+
+      shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
+      protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+      run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
+                  episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step)
       return 0
 
     from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.config import ConfigError
 from mmjax.data import pipeline
 
 
@@ -107,13 +108,13 @@ class FewShot:
     """``num`` episodes of ``protocol`` with ``shots`` support examples per class, drawn from ``pool``
     (``{class: [B_c, ...] images}``) with a generator seeded by ``(seed, shots)``."""
     if protocol not in ("fast_binding", "classification"):
-      raise ValueError(f"unknown few-shot protocol {protocol!r}; use 'fast_binding' or 'classification'")
+      raise ConfigError(f"unknown few-shot protocol {protocol!r}; use 'fast_binding' or 'classification'")
     classes = sorted(c for c, imgs in pool.items() if len(imgs) > shots)
     if len(classes) < ways:
-      raise ValueError(f"{ways}-way episodes with {shots} shots need {ways} classes with more than {shots} "
+      raise ConfigError(f"{ways}-way episodes with {shots} shots need {ways} classes with more than {shots} "
                        f"images; the pool has {len(classes)}")
     if protocol == "fast_binding" and ways > len(self.nonsense_words):
-      raise ValueError(f"{ways}-way fast binding needs {ways} nonsense words; there are "
+      raise ConfigError(f"{ways}-way fast binding needs {ways} nonsense words; there are "
                        f"{len(self.nonsense_words)}")
     rng = np.random.default_rng([seed, shots])
     prompt = list(self.encode(self.prompt))
@@ -190,3 +191,60 @@ def class_pool(data_cfg, split: str, image_key: str = "image", label_key: str = 
     ex = pad(source[i])
     pool.setdefault(int(ex[label_key]), []).append(ex[image_key])
   return {c: np.stack(v) for c, v in sorted(pool.items())}
+
+
+PROTOCOLS = ("fast_binding", "classification")
+
+
+def default_fewshot(config) -> FewShot:
+  """The :class:`FewShot` of a Frozen config: the GPT-2 tokenizer of ``config.init.hf_gpt2`` when the LM
+  is GPT-2, else the digits captions vocabulary; the digit names as class names."""
+  from mmjax.data.builders.digits_av import LABEL_NAMES
+
+  if config.init.hf_gpt2:
+    from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer.from_dir(config.init.hf_gpt2)
+    return FewShot(encode=tokenizer.encode, class_names=LABEL_NAMES)
+  from mmjax.data.builders.digits_av_captions import encode_caption
+
+  return FewShot(encode=lambda text: encode_caption(text).tolist(), class_names=LABEL_NAMES)
+
+
+def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
+                ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
+                echo=print) -> dict:
+  """Few-shot accuracy of the Frozen checkpoint in ``workdir`` (latest, or ``step``) on labelled images of
+  ``split`` (default: the test split of ``config.data``): ``{protocol: {k: accuracy}}`` plus the
+  settings; also written to ``<workdir>/fewshot.json``."""
+  import json
+  from pathlib import Path
+
+  from mmjax.train.loop import build_run
+
+  for p in protocols:
+    if p not in PROTOCOLS:
+      raise ConfigError(f"unknown few-shot protocol {p!r}; available: {PROTOCOLS}")
+  run = build_run(config, workdir, jax.local_devices()[:1])
+  try:
+    state = run.restore_or_init(step, require=True)
+  finally:
+    run.checkpointer.close()
+  if not hasattr(run.model, "interleaved"):
+    raise ConfigError(f"model {config.model.name!r} cannot read interleaved image/text prompts (use frozen)")
+  split = split or config.data.test_split or config.data.eval_split
+  pool = class_pool(config.data, split, run.model.image_key)
+  fs = default_fewshot(config)
+  params = jax.device_get(state.params)
+  result = {"split": split, "episodes": episodes, "ways": ways, "seed": seed,
+            "step": int(jax.device_get(state.step))}
+  for protocol in protocols:
+    result[protocol] = {}
+    for k in shots:
+      eps = fs.episodes(pool, protocol, k, episodes, seed, ways)
+      acc = fs.evaluate(run.model, params, eps)
+      result[protocol][str(k)] = acc
+      echo(f"mmjax: few-shot {protocol} {ways}-way k={k}: accuracy {acc:.4f} ({episodes} episodes)")
+  if jax.process_index() == 0:
+    (Path(workdir) / "fewshot.json").write_text(json.dumps(result, indent=2) + "\n")
+  return result

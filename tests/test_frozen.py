@@ -1,0 +1,122 @@
+"""Frozen: prefix captioning, interleaved sequences, frozen LM through the engine, few-shot episodes."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import fewshot, models, tasks
+from mmjax.config import ConfigError, get_config
+from mmjax.train import build_run, train_and_evaluate
+from mmjax.train.pretrained import load_run_params
+
+from .conftest import CONFIGS
+
+QUIET = dict(echo=lambda *a: None)
+TINY_LM = {"vocab_size": 45, "n_positions": 64, "n_embd": 16, "n_layer": 1, "n_head": 2}
+
+
+def tiny_frozen(**kw):
+  return models.build("frozen", {**TINY_LM, "vision_widths": (8, 8), **kw})
+
+
+def test_pack_layout():
+  tokens, slots, kinds = fewshot.pack([[("image", 0), 5, 6, ("image", 1), 7], [9]], num_prefix=2)
+  np.testing.assert_array_equal(kinds, [[2, 2, 1, 1, 2, 2, 1], [1, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(slots[0], [0, 1, 0, 0, 2, 3, 0])
+  np.testing.assert_array_equal(tokens[0], [0, 0, 5, 6, 0, 0, 7])
+  with pytest.raises(ValueError, match="needs 7 positions"):
+    fewshot.pack([[("image", 0), 5, 6, ("image", 1), 7]], num_prefix=2, length=5)
+
+
+def test_captioning_forward_equals_the_interleaved_sequence():
+  model = tiny_frozen()
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.random((3, 8, 8), np.float32), "caption_tokens": rng.integers(3, 45, (3, 5)),
+           "caption_tokens_mask": np.arange(5)[None] < np.array([[5], [3], [4]])}
+  variables = model.init(jax.random.PRNGKey(0), batch, train=False)
+  logits, aux = model.apply(variables, batch, train=False)
+  assert logits.shape == (3, 5, 45) and aux["targets"].shape == (3, 5)
+  loss, metrics = tasks.get("next_token").loss(logits, aux, batch)
+  assert np.isfinite(loss) and 0 <= metrics["token_accuracy"] <= 1
+  # The same example as an interleaved sequence [image ; caption]: identical next-token logits.
+  seqs = [[("image", 0), *batch["caption_tokens"][b][: int(batch["caption_tokens_mask"][b].sum())]]
+          for b in range(3)]
+  tokens, slots, kinds = fewshot.pack(seqs, num_prefix=2)
+  inter = model.apply(variables, batch["image"][:, None], tokens, slots, kinds, method="interleaved")
+  for b in range(3):
+    n = int(batch["caption_tokens_mask"][b].sum())
+    np.testing.assert_allclose(inter[b, 1:1 + n], logits[b, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_episodes_and_scoring():
+  fs = fewshot.FewShot(encode=lambda t: [len(w) for w in t.split()], class_names=[str(i) for i in range(4)])
+  pool = {c: np.full((6, 8, 8), c, np.float32) for c in range(4)}
+  for k in (0, 3):
+    eps = fs.episodes(pool, "fast_binding", k, 5, seed=1)
+    eps2 = fs.episodes(pool, "fast_binding", k, 5, seed=1)
+    for e, e2 in zip(eps, eps2, strict=True):  # deterministic
+      assert e.prompt == e2.prompt and e.correct == e2.correct
+      assert e.images.shape == (2 * k + 1, 8, 8) and len(e.answers) == 2 and e.correct in (0, 1)
+      # The query image is of the class the correct answer names (support images of that class too).
+      assert sum(isinstance(x, tuple) for x in e.prompt) == 2 * k + 1
+  with pytest.raises(ConfigError, match="need 2 classes with more than 6"):
+    fs.episodes(pool, "classification", 6, 1, seed=0)
+  with pytest.raises(ConfigError, match="unknown few-shot protocol"):
+    fs.episodes(pool, "vqa", 1, 1, seed=0)
+  model = tiny_frozen(vocab_size=16)
+  example = {"image": pool[0][:1], "caption_tokens": np.ones((1, 3), int)}
+  variables = model.init(jax.random.PRNGKey(0), example, train=False)
+  episodes = fs.episodes(pool, "classification", 1, 6, seed=0)
+  acc = fs.evaluate(model, variables["params"], episodes, batch_size=4)
+  assert 0.0 <= acc <= 1.0
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp("lm")
+  cfg = get_config(f"{CONFIGS / 'frozen_digits.py'}:lm,runlocal",
+                   [f"data.data_dir={data_dir}", "async_checkpoints=false"])
+  final = train_and_evaluate(cfg, workdir, devices=jax.devices()[:1], **QUIET)
+  assert np.isfinite(final["validation"]["perplexity"])
+  return workdir
+
+
+def frozen_config(data_dir, lm_workdir, *extra):
+  return get_config(f"{CONFIGS / 'frozen_digits.py'}:runlocal",
+                    [f"data.data_dir={data_dir}", f"init.workdir={lm_workdir}", "async_checkpoints=false",
+                     *extra])
+
+
+def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_dir, tmp_path):
+  lm = load_run_params(lm_run)["lm"]
+  cfg = frozen_config(data_dir, lm_run)
+  final = train_and_evaluate(cfg, tmp_path, devices=jax.devices()[:1], **QUIET)
+  assert np.isfinite(final["test"]["perplexity"])
+  trained = load_run_params(tmp_path)
+  for a, b in zip(jax.tree_util.tree_leaves(trained["lm"]), jax.tree_util.tree_leaves(lm), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # The vision encoder moved away from its initialisation (same seed -> same init as a 0-step run).
+  init = jax.device_get(build_run(cfg, tmp_path / "init", jax.devices()[:1]).init().params)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(trained["vision"]),
+                                                    jax.tree_util.tree_leaves(init["vision"]), strict=True)]
+  assert all(moved)
+
+  # Few-shot through the CLI: accuracies per k in [0, 1], written to fewshot.json.
+  from mmjax.cli import main
+
+  assert main(["fewshot", "--config", f"{CONFIGS / 'frozen_digits.py'}:runlocal", "--workdir", str(tmp_path),
+               "--shots", "0,2", "--episodes", "6", f"--config.data.data_dir={data_dir}",
+               f"--config.init.workdir={lm_run}"]) == 0
+  result = json.loads((tmp_path / "fewshot.json").read_text())
+  assert set(result["fast_binding"]) == {"0", "2"} and set(result["classification"]) == {"0", "2"}
+  assert all(0.0 <= v <= 1.0 for p in ("fast_binding", "classification") for v in result[p].values())
+
+
+def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):
+  cfg = frozen_config(data_dir, lm_run, "checkpoint_every=0", "eval_every=0", "data.test_split=")
+  one = train_and_evaluate(cfg, tmp_path / "one", devices=jax.devices()[:1], **QUIET)
+  eight = train_and_evaluate(cfg, tmp_path / "eight", devices=jax.devices()[:8], **QUIET)
+  np.testing.assert_allclose(eight["train"]["loss"], one["train"]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(eight["validation"]["loss"], one["validation"]["loss"], rtol=1e-5)
