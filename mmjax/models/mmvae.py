@@ -63,5 +63,5 @@ class MMVAE(vc.MultimodalVAE):
       }
     mixture_mean = self.posterior_mean(mus, logvars, present)
     aux = {"terms": terms, "weights": self.weights(likes), "mu": mixture_mean,
-           "recon": {o: r[0] for o, r in terms[self.modalities[0]]["recon"].items()}}
+           "recon": self.decode(mixture_mean, likes)}  # at the mixture's mean, for recon_error
     return self.outputs(mixture_mean), aux

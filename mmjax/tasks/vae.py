@@ -16,7 +16,8 @@ Likelihoods: integer modalities are categorical (decoder logits, ``-ln p`` = cro
 Gaussian with unit variance (``ln p = -1/2 (x - mu)^2 - 1/2 ln 2 pi`` per element), or Bernoulli for
 the modalities named in ``bernoulli`` (default ``("image",)``: ``ln p = x ln mu + (1 - x) ln(1 - mu)``
 for intensities ``x`` in [0, 1], the usual choice for MNIST-like images, e.g. Wu & Goodman 2018).
-``recon_error/m`` is the squared error (cross-entropy for tokens) whatever the likelihood, so models
+``recon_error/m`` is the squared error (cross-entropy for tokens) whatever the likelihood, of
+``aux["recon"]`` (the reconstruction at the model's joint posterior; else the first term's), so models
 compare. Steps outside ``batch[m + "_mask"]`` do not count. The loss is
 
 ``-mean_B sum_terms weight * bound + mmd_w * sum MMD + regression_w * sum MSE + label_w * disc``
@@ -91,6 +92,8 @@ class VAE:
         use = term["recon_mask"][m].astype(jnp.float32)
         ll = ll + wts["recon"][m] * ll_m * use[None]
         if name == next(iter(aux["terms"])):
+          if "recon" in aux:  # the model's reconstruction at its joint posterior (comparable across models)
+            err_m = log_likelihood(aux["recon"][m][None], batch[m], batch.get(f"{m}_mask"), kind)[1]
           per[f"recon_error/{m}"] = err_m.mean(0) * use / jnp.maximum(n_m, 1.0)
           per[f"recon_count/{m}"] = use
       bound = vc.iwae_bound(ll - wts["beta"] * term["log_ratio"], axis=0)
