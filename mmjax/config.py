@@ -41,6 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.test_split = "test"  # evaluated once at the end ("" to skip)
   c.data.max_lengths = ml_collections.ConfigDict()  # feature -> padded length, for variable lengths
   c.data.truncate = False  # longer sequences: error (False) or cut to max length (True)
+  c.data.tokenizer = ""  # "gpt2:DIR": add <tokenize_field>_tokens from a text feature (GPT-2 BPE)
+  c.data.tokenize_field = "caption"
   c.data.prepare = True  # build embedded datasets on first use
   c.data.num_threads = 2  # reader threads
 

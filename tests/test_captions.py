@@ -395,10 +395,3 @@ def test_image_captions_through_the_pipeline(jsonl_built):
   assert batches[0]["_valid"].tolist() == [1, 1, 0, 0]
   example = pipeline.example_from_features(cfg, batch_size=2)
   assert example["image"].shape == (2, 64, 64, 3) and example["image"].dtype == np.float32
-
-
-def test_build_times(captions):
-  """The embedded captions dataset builds in seconds."""
-  _, seconds = captions
-  print(f"digits_av_captions built in {seconds:.2f} s")
-  assert seconds < 30

@@ -1,6 +1,7 @@
 """Frozen: prefix captioning, interleaved sequences, frozen LM through the engine, few-shot episodes."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -120,3 +121,37 @@ def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):
   eight = train_and_evaluate(cfg, tmp_path / "eight", devices=jax.devices()[:8], **QUIET)
   np.testing.assert_allclose(eight["train"]["loss"], one["train"]["loss"], rtol=1e-5)
   np.testing.assert_allclose(eight["validation"]["loss"], one["validation"]["loss"], rtol=1e-5)
+
+
+def test_frozen_with_a_hugging_face_gpt2_on_image_captions(tmp_path):
+  """configs/frozen_gpt2.py end to end on the tiny HF GPT-2 fixture and a manual image_captions directory:
+  captions tokenized with its BPE, its weights grafted under lm and bit-identical after training."""
+  from mmjax.data import pipeline
+  from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
+  from mmjax.models.gpt2 import load_hf_gpt2
+
+  from .test_captions import build, write_images, write_jsonl
+
+  hf = Path(__file__).parent / "fixtures" / "gpt2_tiny"
+  manual = tmp_path / "manual"
+  names = write_images(manual / "images")
+  lines = [{"image": names[i % 4], "caption": f"a picture number {i}", "split": split}
+           for i, split in enumerate(["train"] * 8 + ["validation"] * 4 + ["test"] * 4)]
+  write_jsonl(manual, lines)
+  build(manual, tmp_path / "tfds")
+  cfg = get_config(f"{CONFIGS / 'frozen_gpt2.py'}:{hf},runlocal",
+                   [f"data.data_dir={tmp_path / 'tfds'}", "async_checkpoints=false"])
+  batch = next(pipeline.train_batches(cfg.data, global_batch_size=4, seed=0))
+  tok = GPT2Tokenizer.from_dir(hf)
+  first = batch["caption_tokens"][0][batch["caption_tokens_mask"][0]]
+  assert first[-1] == tok.eos_id and tok.decode(first[:-1].tolist()).startswith("a picture number")
+  assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
+  final = train_and_evaluate(cfg, tmp_path / "run", devices=jax.devices()[:1], **QUIET)
+  assert np.isfinite(final["test"]["perplexity"])
+  _, hf_params = load_hf_gpt2(hf)
+  trained = load_run_params(tmp_path / "run")["lm"]
+  flat_hf = jax.tree_util.tree_leaves_with_path(hf_params)
+  flat_tr = dict(jax.tree_util.tree_leaves_with_path(trained))
+  assert len(flat_hf) == len(flat_tr)
+  for path, value in flat_hf:
+    np.testing.assert_array_equal(flat_tr[path], value)

@@ -71,13 +71,22 @@ def open_split(data_cfg, split: str):
     raise DatasetError(
         f"dataset {data_cfg.name!r} has no split {split!r}; splits: {sorted(builder.info.splits)}"
     )
-  check_max_lengths(builder.info.features, dict(data_cfg.max_lengths), data_cfg.name)
+  check_max_lengths(builder.info.features, dict(data_cfg.max_lengths), data_cfg.name,
+                    derived_features(data_cfg))
   return builder.as_data_source(split=split)
 
 
-def check_max_lengths(features, max_lengths: dict, name: str) -> None:
-  """Every variable-length feature needs a padded length in ``data.max_lengths``, and vice versa."""
+def derived_features(data_cfg) -> list[str]:
+  """Variable-length features the transforms add (``<tokenize_field>_tokens`` with ``data.tokenizer``)."""
+  return [f"{data_cfg.tokenize_field}_tokens"] if data_cfg.tokenizer else []
+
+
+def check_max_lengths(features, max_lengths: dict, name: str, derived=()) -> None:
+  """Every variable-length feature (and every ``derived`` one) needs a padded length in
+  ``data.max_lengths``, and vice versa."""
   variable = sorted(k for k, f in features.items() if getattr(f, "shape", None) and None in f.shape)
+  variable += list(derived)
+  features = {**features, **{k: None for k in derived}}
   missing = [k for k in variable if k not in max_lengths]
   if missing:
     raise DatasetError(
@@ -126,6 +135,40 @@ class PadAndCast:
     return out
 
 
+class Tokenize:
+  """Per-example transform: ``<field>_tokens`` int32 ``[T]`` from the text feature ``field``, with the
+  GPT-2 BPE of a local Hugging Face directory (``data.tokenizer = "gpt2:DIR"``), ending with
+  ``<|endoftext|>`` (the caption's end, as the Frozen LM is trained to produce)."""
+
+  def __init__(self, spec: str, field: str):
+    kind, _, path = spec.partition(":")
+    if kind != "gpt2" or not path:
+      raise DatasetError(f"data.tokenizer must be 'gpt2:DIR' (a directory with vocab.json and merges.txt); "
+                         f"got {spec!r}")
+    from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
+
+    self.tokenizer = GPT2Tokenizer.from_dir(path)
+    self.field = field
+
+  def __call__(self, example: dict) -> dict:
+    if self.field not in example:
+      raise DatasetError(f"data.tokenize_field {self.field!r} is not a feature; features: {sorted(example)}")
+    text = example[self.field]
+    text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    ids = self.tokenizer.encode(text) + [self.tokenizer.eos_id]
+    return {**example, f"{self.field}_tokens": np.asarray(ids, np.int32)}
+
+
+def example_transform(data_cfg):
+  """The per-example transform of ``data_cfg``: tokenization (when ``data.tokenizer`` is set), then
+  :class:`PadAndCast`."""
+  pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
+  if not data_cfg.tokenizer:
+    return pad
+  tokenize = Tokenize(data_cfg.tokenizer, data_cfg.tokenize_field)
+  return lambda example: pad(tokenize(example))
+
+
 def example_from_features(data_cfg, batch_size: int = 1, seed: int | None = None) -> dict:
   """A batch with the shapes and dtypes the pipeline would produce for ``data_cfg``, built from the
   dataset's feature description alone (no data needed): for model initialisation, shape checks and
@@ -133,13 +176,15 @@ def example_from_features(data_cfg, batch_size: int = 1, seed: int | None = None
   float features over the full padded length."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   features = builder.info.features
-  check_max_lengths(features, dict(data_cfg.max_lengths), data_cfg.name)
+  check_max_lengths(features, dict(data_cfg.max_lengths), data_cfg.name, derived_features(data_cfg))
   example = {}
   for key, feature in features.items():
     dtype = np.dtype(feature.np_dtype)
     if dtype.kind in "OSU":
       continue
     example[key] = np.zeros(tuple(1 if d is None else d for d in feature.shape), dtype)
+  if data_cfg.tokenizer:  # the tokens the Tokenize transform adds
+    example[f"{data_cfg.tokenize_field}_tokens"] = np.zeros((1,), np.int32)
   pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
   if seed is None:
     return stack([pad(example)] * batch_size)
@@ -175,7 +220,7 @@ def train_batches(data_cfg, *, global_batch_size: int, seed: int, start_step: in
   if len(ds) < local:
     raise DatasetError(f"split {data_cfg.train_split!r} has {len(ds)} examples for this process, fewer "
                        f"than one batch of {local}")
-  ds = ds.shuffle(seed=seed).repeat(None).map(PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate))
+  ds = ds.shuffle(seed=seed).repeat(None).map(example_transform(data_cfg))
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
   ds = ds[start_step:]
   read = grain.ReadOptions(num_threads=max(int(data_cfg.num_threads), 1), prefetch_buffer_size=4)
@@ -189,7 +234,7 @@ def eval_batches(data_cfg, split: str, *, global_batch_size: int, process_index:
   All processes yield the same number of batches, as a global step needs every process."""
   source = open_split(data_cfg, split)
   local = local_batch_size(global_batch_size, process_count)
-  pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
+  pad = example_transform(data_cfg)
   ds = grain.MapDataset.source(source)[process_index::process_count].map(pad)
   num_batches = math.ceil(math.ceil(len(source) / process_count) / local)
   filler = None

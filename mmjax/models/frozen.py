@@ -89,7 +89,9 @@ class VisionEncoder(nn.Module):
 def lm_fields(module) -> dict:
   """The :class:`GPT2` constructor arguments held by ``module`` (Frozen / CausalLM share them)."""
   return dict(vocab_size=module.vocab_size, n_positions=module.n_positions, n_embd=module.n_embd,
-              n_layer=module.n_layer, n_head=module.n_head, embd_pdrop=module.lm_dropout,
+              n_layer=module.n_layer, n_head=module.n_head, n_inner=module.n_inner,
+              activation_function=module.activation_function, layer_norm_epsilon=module.layer_norm_epsilon,
+              embd_pdrop=module.lm_dropout,
               attn_pdrop=module.lm_dropout, resid_pdrop=module.lm_dropout, attention=module.attention,
               dtype=module.dtype)
 
@@ -106,6 +108,9 @@ class Frozen(nn.Module):
   n_embd: int = 768
   n_layer: int = 12
   n_head: int = 12
+  n_inner: int | None = None
+  activation_function: str = "gelu_new"
+  layer_norm_epsilon: float = 1e-5
   lm_dropout: float = 0.0  # the frozen LM runs deterministically
   # The vision encoder.
   num_prefix: int = 2
@@ -163,6 +168,9 @@ class CausalLM(nn.Module):
   n_embd: int = 768
   n_layer: int = 12
   n_head: int = 12
+  n_inner: int | None = None
+  activation_function: str = "gelu_new"
+  layer_norm_epsilon: float = 1e-5
   lm_dropout: float = 0.1
   bos_id: int = 2  # "<bos>" of the digits captions vocabulary; GPT-2's is 50256 (<|endoftext|>)
   text_key: str = "caption_tokens"
