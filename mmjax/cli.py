@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--split", default=None, help="split to draw images from (default: the test split)")
   fs.add_argument("--seed", type=int, default=0)
   fs.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  fs.add_argument("--no_open_ended", action="store_true", help="skip the open-ended (greedy decoding) scores")
 
   data = sub.add_parser("data", help="dataset commands")
   data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
       shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
       protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
       run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
-                  episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step)
+                  episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
+                  open_ended=not args.no_open_ended)
       return 0
 
     from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate

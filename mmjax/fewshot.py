@@ -15,6 +15,9 @@ Protocols (``k`` = 0..5 shots per class):
 * ``classification``: ``ways`` classes per episode with their *real* names (the support captions are
   ``this is a seven .``); the answer is one of the ``ways`` names.
 
+Both are also scored *open-ended* (the paper's open-ended miniImageNet / VQA setting): the LM decodes
+greedily after the prompt with no candidate list, and the episode counts when its answer comes out.
+
 Sequences are packed on the host (:func:`pack`): positions hold tokens or image-prefix vectors, right
 padded, so a batch of episodes runs through :meth:`mmjax.models.frozen.Frozen.interleaved` in one call.
 """
@@ -175,6 +178,32 @@ class FewShot:
     return float(np.mean(hits))
 
 
+def evaluate_open_ended(model, params, episodes: list, batch_size: int = 64) -> float:
+  """Open-ended accuracy: greedy decoding after each episode's prompt (no candidate list); an episode
+  counts when the decoded tokens start with its correct answer."""
+  from mmjax.models.frozen import lm_fields
+  from mmjax.models.gpt2 import GPT2, generate
+
+  lm = GPT2(**lm_fields(model))
+  num_prefix = model.num_prefix
+  length = max(sum(num_prefix if isinstance(x, tuple) else 1 for x in ep.prompt) for ep in episodes)
+  num_images = max(len(ep.images) for ep in episodes)
+  new = max(len(ep.answers[ep.correct]) for ep in episodes)
+  embed = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method="embed_interleaved"))
+  hits = []
+  for start in range(0, len(episodes), batch_size):
+    chunk = episodes[start:start + batch_size]
+    filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    tokens, slots, kinds = pack([ep.prompt for ep in filled], num_prefix, length)
+    images = np.stack([_pad_images(ep.images, num_images) for ep in filled])
+    emb = embed(params, images, tokens, slots, kinds)
+    out = np.asarray(generate(lm, params["lm"], emb, kinds > 0, new))
+    for ep, row in zip(chunk, out, strict=False):
+      answer = ep.answers[ep.correct]
+      hits.append(int(list(row[:len(answer)]) == list(answer)))
+  return float(np.mean(hits))
+
+
 def _pad_images(images: np.ndarray, n: int) -> np.ndarray:
   """``images [S, ...]`` padded with zeros to ``[n, ...]`` (unused slots; their prefixes are never read)."""
   if len(images) == n:
@@ -213,10 +242,11 @@ def default_fewshot(config) -> FewShot:
 
 def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
                 ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
-                echo=print) -> dict:
+                open_ended: bool = True, echo=print) -> dict:
   """Few-shot accuracy of the Frozen checkpoint in ``workdir`` (latest, or ``step``) on labelled images of
-  ``split`` (default: the test split of ``config.data``): ``{protocol: {k: accuracy}}`` plus the
-  settings; also written to ``<workdir>/fewshot.json``."""
+  ``split`` (default: the test split of ``config.data``): ``{protocol: {k: accuracy}}`` (scoring the
+  candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy decoding,
+  :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``."""
   import json
   from pathlib import Path
 
@@ -244,7 +274,12 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
       eps = fs.episodes(pool, protocol, k, episodes, seed, ways)
       acc = fs.evaluate(run.model, params, eps)
       result[protocol][str(k)] = acc
-      echo(f"mmjax: few-shot {protocol} {ways}-way k={k}: accuracy {acc:.4f} ({episodes} episodes)")
+      msg = f"mmjax: few-shot {protocol} {ways}-way k={k}: accuracy {acc:.4f}"
+      if open_ended:
+        result.setdefault(f"{protocol}_open_ended", {})[str(k)] = acc_open = evaluate_open_ended(
+            run.model, params, eps)
+        msg += f", open-ended {acc_open:.4f}"
+      echo(f"{msg} ({episodes} episodes)")
   if jax.process_index() == 0:
     (Path(workdir) / "fewshot.json").write_text(json.dumps(result, indent=2) + "\n")
   return result

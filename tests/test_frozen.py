@@ -51,6 +51,26 @@ def test_captioning_forward_equals_the_interleaved_sequence():
     np.testing.assert_allclose(inter[b, 1:1 + n], logits[b, :n], rtol=1e-5, atol=1e-5)
 
 
+def test_open_ended_decoding_matches_the_scored_argmax():
+  """Greedy decoding's first token is the argmax of the next-token logits after the prompt."""
+  fs = fewshot.FewShot(encode=lambda t: [len(w) for w in t.split()], class_names=[str(i) for i in range(4)])
+  pool = {c: np.full((3, 8, 8), c / 4, np.float32) for c in range(4)}
+  model = tiny_frozen(vocab_size=16)
+  params = model.init(jax.random.PRNGKey(1), {"image": pool[0][:1], "caption_tokens": np.ones((1, 3), int)},
+                      train=False)["params"]
+  episodes = fs.episodes(pool, "classification", 1, 4, seed=0)
+  tokens, slots, kinds = fewshot.pack([ep.prompt for ep in episodes], model.num_prefix)
+  images = np.stack([ep.images for ep in episodes])
+  logits = model.apply({"params": params}, images, tokens, slots, kinds, method="interleaved")
+  last = (kinds > 0).sum(1) - 1
+  first = np.argmax(np.asarray(logits)[np.arange(4), last], -1)
+  want = [int(first[i] == ep.answers[ep.correct][0]) for i, ep in enumerate(episodes)]
+  # One-token answers make open-ended accuracy exactly the first-token match.
+  for ep in episodes:
+    ep.answers = [a[:1] for a in ep.answers]
+  assert fewshot.evaluate_open_ended(model, params, episodes, batch_size=4) == np.mean(want)
+
+
 def test_episodes_and_scoring():
   fs = fewshot.FewShot(encode=lambda t: [len(w) for w in t.split()], class_names=[str(i) for i in range(4)])
   pool = {c: np.full((6, 8, 8), c, np.float32) for c in range(4)}
@@ -111,8 +131,9 @@ def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_d
                "--shots", "0,2", "--episodes", "6", f"--config.data.data_dir={data_dir}",
                f"--config.init.workdir={lm_run}"]) == 0
   result = json.loads((tmp_path / "fewshot.json").read_text())
-  assert set(result["fast_binding"]) == {"0", "2"} and set(result["classification"]) == {"0", "2"}
-  assert all(0.0 <= v <= 1.0 for p in ("fast_binding", "classification") for v in result[p].values())
+  protocols = ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended")
+  assert all(set(result[p]) == {"0", "2"} for p in protocols)
+  assert all(0.0 <= v <= 1.0 for p in protocols for v in result[p].values())
 
 
 def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):

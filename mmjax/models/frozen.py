@@ -138,12 +138,18 @@ class Frozen(nn.Module):
     ``slots[b, l]`` of the ``S * num_prefix`` flattened prefixes), or padding (``kinds == 0``, right-padded).
     Build these arrays with :func:`mmjax.fewshot.pack`.
     """
+    emb = self.embed_interleaved(images, tokens, slots, kinds)
+    logits, _ = self.lm(embeddings=emb, attention_mask=kinds > 0, train=train)
+    return logits
+
+  def embed_interleaved(self, images, tokens, slots, kinds):
+    """The LM input embeddings ``[B, L, n_embd]`` of an interleaved sequence (arguments as in
+    :meth:`interleaved`), e.g. as a prompt for :func:`mmjax.models.gpt2.generate`."""
     b, s = images.shape[:2]
     pre = self.prefix(images.reshape(b * s, *images.shape[2:])).reshape(b, s * self.num_prefix, self.n_embd)
     img = jnp.take_along_axis(pre, jnp.clip(slots, 0, s * self.num_prefix - 1)[..., None], axis=1)
-    emb = jnp.where((kinds == 2)[..., None], img.astype(self.dtype), self.lm.embed(tokens).astype(self.dtype))
-    logits, _ = self.lm(embeddings=emb, attention_mask=kinds > 0, train=train)
-    return logits
+    text = self.lm.embed(tokens).astype(self.dtype)
+    return jnp.where((kinds == 2)[..., None], img.astype(self.dtype), text)
 
   def __call__(self, batch: dict, *, train: bool):
     tokens = batch[self.text_key]
