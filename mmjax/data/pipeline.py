@@ -78,7 +78,8 @@ def open_split(data_cfg, split: str):
 
 def derived_features(data_cfg) -> list[str]:
   """Variable-length features the transforms add (``<tokenize_field>_tokens`` with ``data.tokenizer``)."""
-  return [f"{data_cfg.tokenize_field}_tokens"] if data_cfg.tokenizer else []
+  spec = data_cfg.get("tokenizer", "")  # data sections built by hand may lack the tokenizer fields
+  return [f"{data_cfg.get('tokenize_field', 'caption')}_tokens"] if spec else []
 
 
 def check_max_lengths(features, max_lengths: dict, name: str, derived=()) -> None:
@@ -163,9 +164,9 @@ def example_transform(data_cfg):
   """The per-example transform of ``data_cfg``: tokenization (when ``data.tokenizer`` is set), then
   :class:`PadAndCast`."""
   pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
-  if not data_cfg.tokenizer:
+  if not data_cfg.get("tokenizer", ""):
     return pad
-  tokenize = Tokenize(data_cfg.tokenizer, data_cfg.tokenize_field)
+  tokenize = Tokenize(data_cfg.tokenizer, data_cfg.get("tokenize_field", "caption"))
   return lambda example: pad(tokenize(example))
 
 
@@ -183,8 +184,8 @@ def example_from_features(data_cfg, batch_size: int = 1, seed: int | None = None
     if dtype.kind in "OSU":
       continue
     example[key] = np.zeros(tuple(1 if d is None else d for d in feature.shape), dtype)
-  if data_cfg.tokenizer:  # the tokens the Tokenize transform adds
-    example[f"{data_cfg.tokenize_field}_tokens"] = np.zeros((1,), np.int32)
+  for key in derived_features(data_cfg):  # the tokens the Tokenize transform adds
+    example[key] = np.zeros((1,), np.int32)
   pad = PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
   if seed is None:
     return stack([pad(example)] * batch_size)
