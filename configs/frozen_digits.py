@@ -37,11 +37,11 @@ def get_config(arg=None):
   c.log_every = 100
   if "lm" in parts:  # stage 1: the language model
     c.data.name = "digits_av_text"
-    c.data.max_lengths = {"tokens": 96}  # longest document: 96 tokens
+    c.data.max_lengths = {"tokens": 66}  # longest document: 2 x 5 + 1 lines of 6 tokens
     c.data.test_split = ""
     c.model.name = "causal_lm"
     c.model.kwargs = {**LM, "lm_dropout": 0.1, "bos_id": 2, "text_key": "tokens"}
-    c.num_steps = 3000
+    c.num_steps = 4000
     c.optimizer.lr = 3e-3
     c.optimizer.weight_decay = 0.01
     c.eval_every = c.checkpoint_every = 1000

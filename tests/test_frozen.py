@@ -176,3 +176,39 @@ def test_frozen_with_a_hugging_face_gpt2_on_image_captions(tmp_path):
   assert len(flat_hf) == len(flat_tr)
   for path, value in flat_hf:
     np.testing.assert_array_equal(flat_tr[path], value)
+
+
+def check_document(text, kind):
+  from mmjax.data.builders import digits_av_text as dt
+  from mmjax.data.builders.digits_av import LABEL_NAMES
+
+  assert text.endswith(" .")
+  lines = [line.split() for line in text[:-2].split(" . ")]
+  if kind == 0:
+    assert len(lines) == 1 and lines[0][0] in LABEL_NAMES and lines[0][0] in lines[0][1:]
+    return
+  names = {}
+  for words in lines:
+    assert len(words) == 5 and words[1:4] == ["this", "is", "a"] and words[0] in LABEL_NAMES
+    assert names.setdefault(words[0], words[4]) == words[4]  # one name per digit within a document
+  assert len(names) == dt.WAYS and (kind == 2) == all(d == n for d, n in names.items())
+  assert lines[-1][0] in {w[0] for w in lines[:-1]}  # the query digit was named before
+
+
+def test_digits_av_text_documents_bind_names_consistently(data_dir):
+  from mmjax.data import pipeline
+  from mmjax.data.builders import digits_av_text as dt
+  from mmjax.data.vocab import Vocabulary
+
+  rng = np.random.default_rng(0)
+  kinds = []
+  for _ in range(300):
+    text, kind = dt.document(rng)
+    check_document(text, kind)
+    kinds.append(kind)
+  assert np.bincount(kinds, minlength=3).argmax() == 1
+  builder = pipeline.prepare("digits_av_text", data_dir)
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == dt.SIZES
+  source, vocab = builder.as_data_source(split="validation"), Vocabulary.digits_captions()
+  for i in range(0, len(source), 25):
+    check_document(vocab.decode(source[i]["tokens"]), int(source[i]["kind"]))

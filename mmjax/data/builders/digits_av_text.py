@@ -7,8 +7,8 @@ Why it exists
   (fast binding). A language model trained only on our captions could learn neither, so its pretraining
   text spells these patterns out, with a digit *word* standing where an image will later stand:
 
-  * captions about a subject (40 %): ``seven the digit seven .``
-  * binding episodes (45 %): two or three digits get nonsense names inside the document,
+  * captions about a subject (20 %): ``seven the digit seven .``
+  * binding episodes (65 %): two digits get nonsense names inside the document,
     ``seven this is a dax . three this is a blicket . seven this is a dax .`` (1-5 mentions per digit, the
     last line is the "query");
   * naming episodes (15 %): the same with the digits' real names (``seven this is a seven . ...``).
@@ -16,7 +16,7 @@ Why it exists
   The vision encoder trained by Frozen then learns to produce a prefix that plays the subject word's
   part; binding names to *images* inside a prompt is never trained, only the text pattern is.
 
-Features: ``tokens`` int32 ``[T]`` (``Vocabulary.digits_captions()`` ids, no ``<bos>``; T <= 120) and
+Features: ``tokens`` int32 ``[T]`` (``Vocabulary.digits_captions()`` ids, no ``<bos>``; T <= 66) and
 ``kind`` (0 caption, 1 binding, 2 naming). Splits: train 8,000, validation 500 (fixed seeds).
 """
 
@@ -32,7 +32,8 @@ from mmjax.data.vocab import Vocabulary
 SIZES = {"train": 8_000, "validation": 500}
 SEEDS = {"train": 1, "validation": 2}
 KINDS = ("caption", "binding", "naming")
-PROBS = (0.40, 0.45, 0.15)
+PROBS = (0.20, 0.65, 0.15)
+WAYS = 2  # digits named per episode (the few-shot evaluation is 2-way)
 MAX_SHOTS = 5
 
 
@@ -42,7 +43,7 @@ def document(rng: np.random.Generator) -> tuple[str, int]:
   if kind == 0:
     digit = LABEL_NAMES[int(rng.integers(10))]
     return f"{digit} " + TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(digit=digit), kind
-  ways = int(rng.integers(2, 4))
+  ways = WAYS
   digits = [LABEL_NAMES[int(d)] for d in rng.choice(10, ways, replace=False)]
   names = [str(w) for w in rng.choice(NONSENSE_WORDS, ways, replace=False)] if kind == 1 else digits
   mentions = [w for w in range(ways) for _ in range(int(rng.integers(1, MAX_SHOTS + 1)))]
@@ -55,8 +56,8 @@ def document(rng: np.random.Generator) -> tuple[str, int]:
 class DigitsAvText(tfds.core.GeneratorBasedBuilder):
   """Builder for ``digits_av_text`` (generated documents; nothing to download)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Two-way episodes only; 65 % binding episodes."}
 
   def __init__(self, *, file_format=None, **kwargs):
     """Same as the base builder, but ``file_format`` defaults to array_record."""
