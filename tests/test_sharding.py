@@ -34,6 +34,23 @@ def mult_case():
   return model, tasks.get("regression"), batch
 
 
+def vae_case(name):
+  """MFM / MVAE / MMVAE on an image + variable-length audio + token-text batch; the step samples latents
+  (the ``latent`` stream) and MFM's surrogate drops modalities (``dropout`` stream), so this also checks
+  that the random draws do not depend on the sharding. MFM's MMD couples all examples of the batch."""
+  rng = np.random.default_rng(1)
+  batch = {
+      "image": rng.random((B, 8, 8), np.float32),
+      "audio": rng.standard_normal((B, 6, 10)).astype(np.float32),
+      "audio_mask": np.arange(6)[None] < rng.integers(2, 7, (B, 1)),
+      "text": rng.integers(0, 20, (B, 5)).astype(np.int32),
+      "text_mask": np.arange(5)[None] < rng.integers(1, 6, (B, 1)),
+      "label": rng.integers(0, 4, B).astype(np.int32),
+  }
+  model = models.build(name, {"vocab_size": 20, "width": 8, "num_heads": 2, "num_classes": 4})
+  return model, tasks.get("vae"), batch
+
+
 def step_on(devices, model, task, batch, state, tx):
   mesh = make_mesh(devices=devices)
   replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
@@ -44,7 +61,10 @@ def step_on(devices, model, task, batch, state, tx):
   return jax.device_get(new_state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("case", [mult_case], ids=["mult"])
+CASES = {"mult": mult_case, **{n: functools.partial(vae_case, n) for n in ("mfm", "mvae", "mmvae")}}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_sharded_step_equals_single_device(case):
   model, task, batch = case()
   tx = optax.sgd(0.1)  # linear in the gradients (Adam amplifies the sign of ~0 gradients)
