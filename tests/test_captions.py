@@ -130,6 +130,34 @@ def test_digits_av_captions_deterministic_and_embedded(captions, tmp_path):
     dac.text_corpus("valid")
 
 
+def test_all_templates_config_has_every_caption_of_every_image(captions, tmp_path):
+  """``digits_av_captions/all_templates`` (through the pipeline, as an embedded dataset): each image of a
+  split once per template, same images and labels as the default config; the fewshot pool dedupes by id."""
+  from mmjax.fewshot import class_pool
+
+  builder, _ = captions
+  assert builder.builder_config.name == "one_template"  # the default config is the 1.0.0 data
+  cfg = data_cfg(tmp_path, "digits_av_captions/all_templates", {"caption_tokens": 8}, prepare=True)
+  templates = dac.caption_templates()
+  for split, n in EXPECTED_SPLITS.items():
+    src = pipeline.open_split(cfg, split)
+    assert len(src) == n * len(templates)
+    by_id = {}
+    for i in range(len(src)):
+      by_id.setdefault(int(src[i]["id"]), []).append(src[i])
+    one = {int(e["id"]): e for e in read_all(builder, split)}
+    assert set(by_id) == set(one)
+    for i, group in list(by_id.items())[::50]:
+      label = int(one[i]["label"])
+      assert sorted(text(e["caption"]) for e in group) == sorted(t.format(digit=LABEL_NAMES[label])
+                                                                 for t in templates)
+      for e in group:
+        np.testing.assert_array_equal(e["image"], one[i]["image"])
+        assert int(e["label"]) == label
+  pool = class_pool(cfg, "validation")
+  assert sum(len(v) for v in pool.values()) == EXPECTED_SPLITS["validation"]
+
+
 def test_digits_av_captions_through_the_pipeline(captions):
   """PadAndCast pads ``caption_tokens`` with a mask, scales the image to float32 [0, 1], drops strings."""
   builder, _ = captions

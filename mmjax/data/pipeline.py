@@ -24,8 +24,14 @@ import tensorflow_datasets as tfds
 
 import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
 
-# datasets whose data ships inside the package (built on first use)
+# datasets whose data ships inside the package (built on first use), with any of their builder configs
 EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
+
+
+def is_embedded(name: str) -> bool:
+  """Whether dataset ``name`` (``"builder"`` or ``"builder/config"``, optionally ``:version``) ships inside
+  the package."""
+  return name.split("/")[0].split(":")[0] in EMBEDDED
 
 
 class DatasetError(RuntimeError):
@@ -59,7 +65,7 @@ def open_split(data_cfg, split: str):
   """The random-access data source of ``split``; prepares embedded datasets when ``data_cfg.prepare``."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   if not builder.is_prepared():
-    if data_cfg.name in EMBEDDED and data_cfg.prepare:
+    if is_embedded(data_cfg.name) and data_cfg.prepare:
       builder.download_and_prepare(file_format="array_record")
     else:
       manual = " --manual_dir DIR" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ""

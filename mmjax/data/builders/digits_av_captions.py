@@ -8,8 +8,18 @@ What it is
     a picture of a seven .       the number seven written by hand .
     a small image of the digit seven .
 
-  One template per example, chosen by a random generator seeded with ``(CAPTION_SEED, id)``, so the
-  dataset is the same on every machine and every build. "this is a <digit> ." is the template the
+  Two builder configs:
+
+  * ``one_template`` (the default, ``digits_av_captions``): one example per image, its template chosen by
+    a random generator seeded with ``(CAPTION_SEED, id)``, so the dataset is the same on every machine and
+    every build.
+  * ``all_templates`` (``digits_av_captions/all_templates``): one example per image and template (six per
+    image, as COCO has several captions per image), so the caption says nothing about an image beyond its
+    digit. Frozen trains on this one: with one fixed template per image, a vision encoder can lower its
+    captioning loss by memorising each training image's template in its prefix, and did (the second
+    prefix vector encoded the template, not the digit, and fast binding stayed at chance).
+
+  "this is a <digit> ." is the template the
   few-shot prompts use (``PROMPT_PREFIX`` = "this is a"); the article is always "a" (also before "eight"),
   so that a prompt ending in "this is a" can be completed by any digit name or nonsense word.
 
@@ -26,7 +36,8 @@ Features
   a prompt, the "fast binding" protocol of Frozen) and ``PROMPT_WORDS`` (answer, with, or, what,
   question, ``?``, ``:``) for task-induction text; neither occurs in a caption.
 
-Splits: train 1,259; validation 179; test 359 (those of ``digits_av``). ``text_corpus(split)`` gives the
+Splits: train 1,259; validation 179; test 359 (those of ``digits_av``), six times as many examples in
+``all_templates`` (7,554; 1,074; 2,154). ``text_corpus(split)`` gives the
 captions of a split as token-id lists without building anything, e.g. to pretrain a small language model.
 Like ``digits_av``, the builder writes ``array_record`` files (no TensorFlow, no network).
 """
@@ -101,8 +112,13 @@ def text_corpus(split: str) -> list[list[int]]:
 class DigitsAvCaptions(tfds.core.GeneratorBasedBuilder):
   """Builder for ``digits_av_captions`` (the digits_av images with templated captions)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Builder configs one_template (the 1.0.0 data) and all_templates."}
+  BUILDER_CONFIGS = [
+    tfds.core.BuilderConfig(name="one_template", description="One caption per image (template by id)."),
+    tfds.core.BuilderConfig(name="all_templates", description="One example per image and template."),
+  ]
 
   def __init__(self, *, file_format=None, **kwargs):
     """Same as the base builder, but ``file_format`` defaults to array_record."""
@@ -141,15 +157,18 @@ class DigitsAvCaptions(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(data, vocab, code) for name, code in SPLITS.items()}
 
   def _generate_examples(self, data, vocab, split_code):
-    """Yields ``(id, example)`` pairs of one split."""
+    """Yields ``(key, example)`` pairs of one split: key ``id`` (one_template) or
+    ``id * len(TEMPLATES) + template`` (all_templates)."""
+    every = self.builder_config.name == "all_templates"
     for i in np.nonzero(data["split"] == split_code)[0]:
       i = int(i)
       label = int(data["label"][i])
-      text = caption(label, i)
-      yield i, {
-        "image": data["image"][i],
-        "label": label,
-        "caption": text,
-        "caption_tokens": encode_caption(text, vocab),
-        "id": i,
-      }
+      for t in range(len(TEMPLATES)) if every else (template_index(i),):
+        text = TEMPLATES[t].format(digit=LABEL_NAMES[label])
+        yield i * len(TEMPLATES) + t if every else i, {
+          "image": data["image"][i],
+          "label": label,
+          "caption": text,
+          "caption_tokens": encode_caption(text, vocab),
+          "id": i,
+        }
