@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
   smp.add_argument("--per_class", type=int, default=None, help="examples per class (default: config)")
   smp.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/...)")
 
-  fs = sub.add_parser("fewshot", help="few-shot accuracy of a Frozen checkpoint (interleaved prompts)")
+  fs = sub.add_parser("fewshot", help="few-shot accuracy of a Frozen checkpoint (interleaved prompts), or of "
+                                     "its language model alone on text-only prompts")
   fs.add_argument("--config", required=True)
   fs.add_argument("--workdir", required=True)
   fs.add_argument("--protocol", default="fast_binding,classification",
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--seed", type=int, default=0)
   fs.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   fs.add_argument("--no_open_ended", action="store_true", help="skip the open-ended (greedy decoding) scores")
+  fs.add_argument("--text_repeats", type=int, default=2,
+                  help="a language model alone: each image of an episode is its class name this many times")
 
   data = sub.add_parser("data", help="dataset commands")
   data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
       protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
       run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
                   episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
-                  open_ended=not args.no_open_ended)
+                  open_ended=not args.no_open_ended, text_repeats=args.text_repeats)
       return 0
 
     from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate

@@ -15,6 +15,11 @@ Protocols (``k`` = 0..5 shots per class):
 * ``classification``: ``ways`` classes per episode with their *real* names (the support captions are
   ``this is a seven .``); the answer is one of the ``ways`` names.
 
+With ``text_repeats = n`` the episodes are text only: each image is replaced by its class's real name
+repeated ``n`` times (``seven seven this is a dax . ...``), the stand-in that ``digits_av_text`` pretrains
+the language model with. Scored on the language model alone (a ``causal_lm`` checkpoint), this measures
+what the LM brings before any image is involved.
+
 Both are also scored *open-ended* (the paper's open-ended miniImageNet / VQA setting): the LM decodes
 greedily after the prompt with no candidate list, and the episode counts when its answer comes out.
 
@@ -107,11 +112,21 @@ class FewShot:
   def _caption(self, name: str) -> list[int]:
     return list(self.encode(f"{self.prompt} {name}{self.suffix}"))
 
-  def episodes(self, pool: dict, protocol: str, shots: int, num: int, seed: int, ways: int = 2):
+  def _stand_in(self, c: int, repeats: int) -> list[int]:
+    return list(self.encode(" ".join([self.class_names[c]] * repeats)))
+
+  def episodes(self, pool: dict, protocol: str, shots: int, num: int, seed: int, ways: int = 2, *,
+               text_repeats: int = 0):
     """``num`` episodes of ``protocol`` with ``shots`` support examples per class, drawn from ``pool``
-    (``{class: [B_c, ...] images}``) with a generator seeded by ``(seed, shots)``."""
+    (``{class: [B_c, ...] images}``) with a generator seeded by ``(seed, shots)``.
+
+    ``text_repeats > 0``: text-only episodes, each image replaced by its class name repeated
+    ``text_repeats`` times; ``pool`` then only names the classes (its values are not read) and the
+    episodes hold no images."""
     if protocol not in ("fast_binding", "classification"):
       raise ConfigError(f"unknown few-shot protocol {protocol!r}; use 'fast_binding' or 'classification'")
+    if text_repeats:
+      pool = {c: range(shots + 1) for c in pool}  # only the classes matter
     classes = sorted(c for c, imgs in pool.items() if len(imgs) > shots)
     if len(classes) < ways:
       raise ConfigError(f"{ways}-way episodes with {shots} shots need {ways} classes with more than {shots} "
@@ -138,26 +153,29 @@ class FewShot:
         support += [(pool[c][i], w) for i in picks[:shots]]
       order = rng.permutation(len(support))
       seq = []
-      for j, i in enumerate(order):
-        image, w = support[i]
-        images.append(image)
-        seq += [("image", j), *self._caption(names[w])]
-      images.append(query_image)
-      seq += [("image", len(images) - 1), *prompt]
+      for image, w, text in [(*support[i], self._caption(names[support[i][1]])) for i in order] + [
+          (query_image, query_way, prompt)]:
+        if text_repeats:  # the class name stands for the image
+          seq += self._stand_in(chosen[w], text_repeats)
+        else:
+          images.append(image)
+          seq.append(("image", len(images) - 1))
+        seq += text
       answers = [list(self.encode(f"{self.prompt} {n}{self.suffix}"))[len(prompt):] for n in names]
-      out.append(Episode(np.stack(images), seq, answers, query_way))
+      out.append(Episode(np.stack(images) if images else np.zeros((0,), np.float32), seq, answers, query_way))
     return out
 
   def evaluate(self, model, params, episodes: list, batch_size: int = 64) -> float:
     """Accuracy: the fraction of episodes whose correct answer has the highest log-likelihood."""
+    _check_model_takes(model, episodes)
     rows, owners = [], []
     for e, ep in enumerate(episodes):
       for a in ep.answers:
         rows.append((ep, ep.prompt + a, len(a)))
         owners.append(e)
-    num_prefix = model.num_prefix
+    num_prefix = getattr(model, "num_prefix", 1)
     length = max(sum(num_prefix if isinstance(x, tuple) else 1 for x in seq) for _, seq, _ in rows)
-    num_images = max(len(ep.images) for ep in episodes)
+    num_images = max(1, max(len(ep.images) for ep in episodes))
     score = jax.jit(lambda p, *a: answer_log_likelihood(model, p, *a))
     scores = []
     for start in range(0, len(rows), batch_size):
@@ -184,10 +202,11 @@ def evaluate_open_ended(model, params, episodes: list, batch_size: int = 64) -> 
   from mmjax.models.frozen import lm_fields
   from mmjax.models.gpt2 import GPT2, generate
 
+  _check_model_takes(model, episodes)
   lm = GPT2(**lm_fields(model))
-  num_prefix = model.num_prefix
+  num_prefix = getattr(model, "num_prefix", 1)
   length = max(sum(num_prefix if isinstance(x, tuple) else 1 for x in ep.prompt) for ep in episodes)
-  num_images = max(len(ep.images) for ep in episodes)
+  num_images = max(1, max(len(ep.images) for ep in episodes))
   new = max(len(ep.answers[ep.correct]) for ep in episodes)
   embed = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method="embed_interleaved"))
   hits = []
@@ -196,28 +215,49 @@ def evaluate_open_ended(model, params, episodes: list, batch_size: int = 64) -> 
     filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
     tokens, slots, kinds = pack([ep.prompt for ep in filled], num_prefix, length)
     images = np.stack([_pad_images(ep.images, num_images) for ep in filled])
-    emb = embed(params, images, tokens, slots, kinds)
-    out = np.asarray(generate(lm, params["lm"], emb, kinds > 0, new))
+    emb, real = embed(params, images, tokens, slots, kinds)
+    out = np.asarray(generate(lm, params["lm"], emb, real, new))
     for ep, row in zip(chunk, out, strict=False):
       answer = ep.answers[ep.correct]
       hits.append(int(list(row[:len(answer)]) == list(answer)))
   return float(np.mean(hits))
 
 
+def _check_model_takes(model, episodes) -> None:
+  """Episodes with images need a model with a vision encoder (Frozen); a language model takes text-only
+  episodes (``text_repeats``)."""
+  if not hasattr(model, "interleaved"):
+    raise ConfigError(f"{type(model).__name__} cannot read interleaved prompts; use frozen or causal_lm")
+  if not hasattr(model, "prefix") and any(len(ep.images) for ep in episodes):
+    raise ConfigError(f"{type(model).__name__} has no vision encoder: score it on text-only episodes "
+                      "(FewShot.episodes(..., text_repeats=n))")
+
+
 def _pad_images(images: np.ndarray, n: int) -> np.ndarray:
-  """``images [S, ...]`` padded with zeros to ``[n, ...]`` (unused slots; their prefixes are never read)."""
+  """``images [S, ...]`` padded with zeros to ``[n, ...]`` (unused slots; their prefixes are never read).
+  Text-only episodes (no images) get ``n`` blank 1x1 images, which a text-only model ignores."""
+  if len(images) == 0:
+    return np.zeros((n, 1, 1), np.float32)
   if len(images) == n:
     return images
   return np.concatenate([images, np.zeros((n - len(images), *images.shape[1:]), images.dtype)])
 
 
-def class_pool(data_cfg, split: str, image_key: str = "image", label_key: str = "label") -> dict:
-  """``{label: [N_c, ...] float images}`` of every example of ``split`` (as the pipeline gives them)."""
+def class_pool(data_cfg, split: str, image_key: str = "image", label_key: str = "label",
+               id_key: str = "id") -> dict:
+  """``{label: [N_c, ...] float images}`` of the images of ``split`` (as the pipeline gives them), each
+  image once: examples whose ``id_key`` was seen already (the same image with another caption, as in
+  ``digits_av_captions/all_templates``) are skipped. Datasets without ``id_key`` keep every example."""
   source = pipeline.open_split(data_cfg, split)
   pad = pipeline.PadAndCast(dict(data_cfg.max_lengths), data_cfg.truncate)
   pool: dict[int, list] = {}
+  seen = set()
   for i in range(len(source)):
     ex = pad(source[i])
+    if id_key in ex:
+      if int(ex[id_key]) in seen:
+        continue
+      seen.add(int(ex[id_key]))
     pool.setdefault(int(ex[label_key]), []).append(ex[image_key])
   return {c: np.stack(v) for c, v in sorted(pool.items())}
 
@@ -242,11 +282,14 @@ def default_fewshot(config) -> FewShot:
 
 def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
                 ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
-                open_ended: bool = True, echo=print) -> dict:
-  """Few-shot accuracy of the Frozen checkpoint in ``workdir`` (latest, or ``step``) on labelled images of
-  ``split`` (default: the test split of ``config.data``): ``{protocol: {k: accuracy}}`` (scoring the
-  candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy decoding,
-  :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``."""
+                open_ended: bool = True, text_repeats: int = 2, echo=print) -> dict:
+  """Few-shot accuracy of the checkpoint in ``workdir`` (latest, or ``step``): ``{protocol: {k: accuracy}}``
+  (scoring the candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy
+  decoding, :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``.
+
+  A Frozen checkpoint is scored on labelled images of ``split`` (default: the test split of
+  ``config.data``); a language model alone (``causal_lm``) on text-only episodes whose images are the class
+  names repeated ``text_repeats`` times (``mode: "text"`` in the result)."""
   import json
   from pathlib import Path
 
@@ -261,20 +304,29 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
   finally:
     run.checkpointer.close()
   if not hasattr(run.model, "interleaved"):
-    raise ConfigError(f"model {config.model.name!r} cannot read interleaved image/text prompts (use frozen)")
-  split = split or config.data.test_split or config.data.eval_split
-  pool = class_pool(config.data, split, run.model.image_key)
+    raise ConfigError(f"model {config.model.name!r} cannot read interleaved prompts; use frozen or causal_lm")
   fs = default_fewshot(config)
+  text = not hasattr(run.model, "prefix")
+  if text:
+    if text_repeats < 1:
+      raise ConfigError(f"a language model is scored on text-only episodes: text_repeats must be >= 1, got "
+                        f"{text_repeats}")
+    split, pool = None, dict.fromkeys(range(len(fs.class_names)))
+  else:
+    split = split or config.data.test_split or config.data.eval_split
+    pool = class_pool(config.data, split, run.model.image_key)
   params = jax.device_get(state.params)
-  result = {"split": split, "episodes": episodes, "ways": ways, "seed": seed,
-            "step": int(jax.device_get(state.step))}
+  result = {"mode": "text" if text else "images", "split": split, "episodes": episodes, "ways": ways,
+            "seed": seed, "step": int(jax.device_get(state.step))}
+  if text:
+    result["text_repeats"] = text_repeats
   for protocol in protocols:
     result[protocol] = {}
     for k in shots:
-      eps = fs.episodes(pool, protocol, k, episodes, seed, ways)
+      eps = fs.episodes(pool, protocol, k, episodes, seed, ways, text_repeats=text_repeats if text else 0)
       acc = fs.evaluate(run.model, params, eps)
       result[protocol][str(k)] = acc
-      msg = f"mmjax: few-shot {protocol} {ways}-way k={k}: accuracy {acc:.4f}"
+      msg = f"mmjax: few-shot {protocol} {ways}-way k={k}{' (text only)' if text else ''}: accuracy {acc:.4f}"
       if open_ended:
         result.setdefault(f"{protocol}_open_ended", {})[str(k)] = acc_open = evaluate_open_ended(
             run.model, params, eps)

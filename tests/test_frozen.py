@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,8 +33,9 @@ def test_pack_layout():
     fewshot.pack([[("image", 0), 5, 6, ("image", 1), 7]], num_prefix=2, length=5)
 
 
-def test_captioning_forward_equals_the_interleaved_sequence():
-  model = tiny_frozen()
+@pytest.mark.parametrize("bos_id", [None, 2])
+def test_captioning_forward_equals_the_interleaved_sequence(bos_id):
+  model = tiny_frozen(bos_id=bos_id)
   rng = np.random.default_rng(0)
   batch = {"image": rng.random((3, 8, 8), np.float32), "caption_tokens": rng.integers(3, 45, (3, 5)),
            "caption_tokens_mask": np.arange(5)[None] < np.array([[5], [3], [4]])}
@@ -49,6 +52,48 @@ def test_captioning_forward_equals_the_interleaved_sequence():
   for b in range(3):
     n = int(batch["caption_tokens_mask"][b].sum())
     np.testing.assert_allclose(inter[b, 1:1 + n], logits[b, :n], rtol=1e-5, atol=1e-5)
+  # By hand: the LM over [<bos>?; prefix; caption] embeddings, the outputs before each caption token.
+  from mmjax.models.frozen import lm_fields
+  from mmjax.models.gpt2 import GPT2
+
+  prefix = model.apply(variables, batch["image"], method="prefix")
+  wte = nn.unbox(variables)["params"]["lm"]["wte"]["embedding"]
+  bos = [wte[np.full((3, 1), bos_id)]] if bos_id is not None else []
+  parts = [*bos, prefix, wte[batch["caption_tokens"]]]
+  emb = np.concatenate(parts, axis=1)
+  real = np.concatenate([np.ones((3, emb.shape[1] - 5), bool), batch["caption_tokens_mask"]], axis=1)
+  by_hand, _ = GPT2(**lm_fields(model)).apply({"params": variables["params"]["lm"]}, embeddings=emb,
+                                              attention_mask=real, train=False)
+  start = emb.shape[1] - 5 - 1
+  np.testing.assert_allclose(logits, by_hand[:, start:start + 5], rtol=1e-5, atol=1e-5)
+
+
+def test_vocab_mixture_prefix_is_an_expected_token_embedding():
+  """prefix_head="vocab_mixture": each prefix vector is softmax(to_vocab(h)) @ wte (inside the convex hull
+  of the token embeddings), the encoder's gradient flows through it, and an unknown head is an error."""
+  model = tiny_frozen(prefix_head="vocab_mixture")
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.random((4, 8, 8), np.float32), "caption_tokens": rng.integers(3, 45, (4, 5))}
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+  assert "to_vocab" in params["vision"] and "to_prefix" not in params["vision"]
+  wte = params["lm"]["wte"]["embedding"]
+  prefix = model.apply({"params": params}, batch["image"], method="prefix")
+  assert prefix.shape == (4, 2, wte.shape[1])
+  # By hand from the head's logits.
+  _, state = model.apply({"params": params}, batch["image"], method="prefix",
+                         capture_intermediates=lambda mdl, _: mdl.name == "to_vocab")
+  logits = state["intermediates"]["vision"]["to_vocab"]["__call__"][0].reshape(4, 2, -1)
+  np.testing.assert_allclose(prefix, jax.nn.softmax(logits) @ wte, rtol=1e-5, atol=1e-6)
+  lo, hi = wte.min(0), wte.max(0)
+  assert np.all(prefix >= lo - 1e-6) and np.all(prefix <= hi + 1e-6)
+
+  def loss(p):
+    return model.apply({"params": p}, batch, train=False)[0].mean()
+
+  grads = jax.grad(loss)(params)
+  assert float(jnp.abs(grads["vision"]["to_vocab"]["kernel"]).sum()) > 0
+  with pytest.raises(ValueError, match="unknown prefix head 'argmax'"):
+    tiny_frozen(prefix_head="argmax").init(jax.random.PRNGKey(0), batch, train=False)
 
 
 def test_open_ended_decoding_matches_the_scored_argmax():
@@ -181,18 +226,33 @@ def test_frozen_with_a_hugging_face_gpt2_on_image_captions(tmp_path):
 def check_document(text, kind):
   from mmjax.data.builders import digits_av_text as dt
   from mmjax.data.builders.digits_av import LABEL_NAMES
+  from mmjax.data.vocab import Vocabulary
 
+  words = text.split()
+  if kind == 3:  # a word sequence, then the same again
+    half = len(words) // 2
+    assert len(words) % 2 == 0 and words[:half] == words[half:]
+    assert dt.REPEAT_WORDS[0] <= half <= dt.REPEAT_WORDS[1]
+    return
   assert text.endswith(" .")
   lines = [line.split() for line in text[:-2].split(" . ")]
+  r, fillers = dt.SUBJECT_REPEATS, set(dt.filler_words(Vocabulary.digits_captions()))
+  subjects = []
+  for line in lines:  # every line starts with its subject: a digit word r times, or once beside a filler
+    digits = [w for w in line[:r] if w in LABEL_NAMES]
+    assert len(set(digits)) == 1 and len(digits) >= r - 1, line
+    assert all(w in fillers for w in line[:r] if w not in LABEL_NAMES), line
+    subjects.append(digits[0])
   if kind == 0:
-    assert len(lines) == 1 and lines[0][0] in LABEL_NAMES and lines[0][0] in lines[0][1:]
+    assert len(lines) == 1 and subjects[0] in lines[0][r:]
     return
   names = {}
-  for words in lines:
-    assert len(words) == 5 and words[1:4] == ["this", "is", "a"] and words[0] in LABEL_NAMES
-    assert names.setdefault(words[0], words[4]) == words[4]  # one name per digit within a document
+  for digit, line in zip(subjects, lines, strict=True):
+    assert len(line) == r + 4 and line[r:r + 3] == ["this", "is", "a"]
+    assert names.setdefault(digit, line[-1]) == line[-1]  # one name per digit within a document
   assert len(names) == dt.WAYS and (kind == 2) == all(d == n for d, n in names.items())
-  assert lines[-1][0] in {w[0] for w in lines[:-1]}  # the query digit was named before
+  assert subjects[-1] in subjects[:-1]  # the query digit was named before
+  assert len(lines) <= 2 * dt.MAX_SHOTS + 1 and len(words) <= dt.MAX_TOKENS
 
 
 def test_digits_av_text_documents_bind_names_consistently(data_dir):
@@ -201,14 +261,62 @@ def test_digits_av_text_documents_bind_names_consistently(data_dir):
   from mmjax.data.vocab import Vocabulary
 
   rng = np.random.default_rng(0)
-  kinds = []
-  for _ in range(300):
+  kinds, with_filler = [], 0
+  for _ in range(400):
     text, kind = dt.document(rng)
     check_document(text, kind)
     kinds.append(kind)
-  assert np.bincount(kinds, minlength=3).argmax() == 1
+    with_filler += kind in (0, 1, 2) and any(w in dt.filler_words(Vocabulary.digits_captions())
+                                             for w in text.split()[:dt.SUBJECT_REPEATS])
+  assert set(kinds) == {0, 1, 2, 3} and with_filler > 50
   builder = pipeline.prepare("digits_av_text", data_dir)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == dt.SIZES
   source, vocab = builder.as_data_source(split="validation"), Vocabulary.digits_captions()
   for i in range(0, len(source), 25):
     check_document(vocab.decode(source[i]["tokens"]), int(source[i]["kind"]))
+
+
+def test_text_only_episodes_put_class_names_where_images_were():
+  from mmjax.data.builders.digits_av import LABEL_NAMES
+  from mmjax.data.builders.digits_av_captions import encode_caption
+  from mmjax.data.vocab import Vocabulary
+
+  vocab = Vocabulary.digits_captions()
+  fs = fewshot.FewShot(encode=lambda t: encode_caption(t, vocab).tolist(), class_names=LABEL_NAMES)
+  pool = dict.fromkeys(range(10))
+  for protocol in fewshot.PROTOCOLS:
+    for ep in fs.episodes(pool, protocol, 3, 20, seed=0, text_repeats=2):
+      assert len(ep.images) == 0 and all(isinstance(x, int) for x in ep.prompt)
+      text = vocab.decode(ep.prompt + ep.answers[ep.correct])
+      lines = [line.split() for line in text[:-2].split(" . ")]
+      assert len(lines) == 2 * 3 + 1
+      names = {}
+      for line in lines:
+        assert line[0] == line[1] and line[2:5] == ["this", "is", "a"]
+        assert names.setdefault(line[0], line[5]) == line[5]
+      if protocol == "classification":
+        assert all(d == n for d, n in names.items())
+  # The same episodes as a language model reads them: the CausalLM's interleaved logits are its forward.
+  lm = models.build("causal_lm", {**TINY_LM, "lm_dropout": 0.0, "text_key": "tokens"})
+  ep = fs.episodes(pool, "fast_binding", 2, 1, seed=3, text_repeats=2)[0]
+  tokens, slots, kinds = fewshot.pack([ep.prompt], num_prefix=1)
+  params = lm.init(jax.random.PRNGKey(0), {"tokens": tokens}, train=False)["params"]
+  forward, _ = lm.apply({"params": params}, {"tokens": tokens}, train=False)
+  inter = lm.apply({"params": params}, np.zeros((1, 1, 1, 1)), tokens, slots, kinds, method="interleaved")
+  np.testing.assert_allclose(inter[:, :-1], forward[:, 1:], rtol=1e-5, atol=1e-5)
+  assert 0.0 <= fs.evaluate(lm, params, [ep], batch_size=2) <= 1.0
+  # A language model alone cannot see images.
+  img_pool = {c: np.zeros((4, 8, 8), np.float32) for c in range(10)}
+  with pytest.raises(ConfigError, match="no vision encoder"):
+    fs.evaluate(lm, params, fs.episodes(img_pool, "fast_binding", 1, 2, seed=0))
+
+
+def test_fewshot_scores_a_language_model_on_text_episodes(lm_run, data_dir):
+  from mmjax.cli import main
+
+  assert main(["fewshot", "--config", f"{CONFIGS / 'frozen_digits.py'}:lm,runlocal", "--workdir", str(lm_run),
+               "--shots", "0,3", "--episodes", "6", f"--config.data.data_dir={data_dir}"]) == 0
+  result = json.loads((lm_run / "fewshot.json").read_text())
+  assert result["mode"] == "text" and result["text_repeats"] == 2 and result["split"] is None
+  for p in ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended"):
+    assert set(result[p]) == {"0", "3"} and all(0.0 <= v <= 1.0 for v in result[p].values())

@@ -16,7 +16,10 @@ images and text segments (sec. 3.3), which gives few-shot learning "for free" (s
 
 Deviations: the default encoder is a small pre-activation ResNet with GroupNorm (the paper's NF-ResNet-50 is
 normaliser-free; both avoid batch statistics) sized for small images; the LM is GPT-2 (the paper: a 7B
-transformer trained on C4) and runs without dropout while frozen.
+transformer trained on C4) and runs without dropout while frozen. Two options the paper does not have,
+both off by default: ``bos_id`` puts the LM's ``<bos>`` before every sequence (our small digits LM is
+pretrained after one; the paper's prompts start with the image), and ``prefix_head="vocab_mixture"``
+constrains the prefix to mixtures of token embeddings (see :class:`VisionEncoder`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mmjax.models.gpt2 import GPT2
@@ -55,21 +59,32 @@ class ResidualBlock(nn.Module):
     return shortcut + h
 
 
+PREFIX_HEADS = ("linear", "vocab_mixture")
+
+
 class VisionEncoder(nn.Module):
   """Image ``[B, H, W]`` (grey) or ``[B, H, W, C]`` -> visual prefix ``[B, num_prefix, embed_dim]``.
 
   A 3x3 stem, ``len(widths)`` stages of ``blocks`` residual blocks (stride 2 from the second stage on),
-  global average pooling and one linear map to ``num_prefix * embed_dim`` (the paper's prefix head).
+  global average pooling and the prefix head:
+
+  * ``"linear"``: one linear map to ``num_prefix * embed_dim`` (the paper's);
+  * ``"vocab_mixture"``: a linear map to ``num_prefix`` distributions over the LM's vocabulary whose
+    expected token embeddings are the prefix (``softmax(W h) @ wte``; needs ``table``, the
+    ``[V, embed_dim]`` token embeddings), which keeps every prefix vector inside the convex hull of the
+    embeddings the LM was trained on. Not in the paper; ``README.md`` (Frozen) reports what both heads
+    measured.
   """
 
   embed_dim: int
   num_prefix: int = 2
   widths: Sequence[int] = (32, 64)
   blocks: int = 1
+  head: str = "linear"
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, table=None):
     x = jnp.asarray(images, self.dtype)
     if x.ndim == 3:
       x = x[..., None]
@@ -82,8 +97,16 @@ class VisionEncoder(nn.Module):
         x = ResidualBlock(width, stride, dtype=self.dtype, name=f"stage{s}_block{b}")(x)
     x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]), dtype=self.dtype, name="norm")(x))
     x = x.mean(axis=(1, 2))
-    x = nn.Dense(self.num_prefix * self.embed_dim, dtype=self.dtype, name="to_prefix")(x)
-    return x.reshape(x.shape[0], self.num_prefix, self.embed_dim)
+    if self.head == "linear":
+      x = nn.Dense(self.num_prefix * self.embed_dim, dtype=self.dtype, name="to_prefix")(x)
+      return x.reshape(x.shape[0], self.num_prefix, self.embed_dim)
+    if self.head not in PREFIX_HEADS:
+      raise ValueError(f"unknown prefix head {self.head!r}; available: {PREFIX_HEADS}")
+    if table is None or table.shape[-1] != self.embed_dim:
+      raise ValueError(f"the {self.head} prefix head needs the [V, {self.embed_dim}] token embeddings")
+    logits = nn.Dense(self.num_prefix * table.shape[0], dtype=self.dtype, name="to_vocab")(x)
+    probs = jax.nn.softmax(logits.reshape(x.shape[0], self.num_prefix, table.shape[0]).astype(jnp.float32))
+    return jnp.einsum("bnv,vd->bnd", probs, table.astype(jnp.float32)).astype(self.dtype)
 
 
 def lm_fields(module) -> dict:
@@ -116,6 +139,10 @@ class Frozen(nn.Module):
   num_prefix: int = 2
   vision_widths: Sequence[int] = (32, 64)
   vision_blocks: int = 1
+  prefix_head: str = "linear"  # the paper's; or "vocab_mixture" (see VisionEncoder)
+  # A token put before every sequence (captions and interleaved prompts), None for none. Set it to the
+  # <bos> the LM was pretrained after, so the prompt's positions are those the LM learned.
+  bos_id: int | None = None
   image_key: str = "image"
   text_key: str = "caption_tokens"
   attention: str = "xla"
@@ -124,11 +151,11 @@ class Frozen(nn.Module):
   def setup(self):
     self.lm = GPT2(**lm_fields(self))
     self.vision = VisionEncoder(self.n_embd, self.num_prefix, tuple(self.vision_widths), self.vision_blocks,
-                                self.dtype)
+                                self.prefix_head, self.dtype)
 
   def prefix(self, images):
     """Visual prefix ``[B, num_prefix, n_embd]`` of images ``[B, H, W(, C)]``."""
-    return self.vision(images)
+    return self.vision(images, None if self.prefix_head == "linear" else self.lm.token_embeddings())
 
   def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):
     """Logits ``[B, L, V]`` of an interleaved image/text sequence.
@@ -136,20 +163,34 @@ class Frozen(nn.Module):
     ``images [B, S, H, W(, C)]`` are the sequence's ``S`` images; position ``l`` of the sequence holds a
     token (``kinds == 1``: ``tokens[b, l]``), one of the image prefixes (``kinds == 2``: prefix vector
     ``slots[b, l]`` of the ``S * num_prefix`` flattened prefixes), or padding (``kinds == 0``, right-padded).
-    Build these arrays with :func:`mmjax.fewshot.pack`.
+    Build these arrays with :func:`mmjax.fewshot.pack`. ``logits[:, l]`` predicts position ``l + 1`` (with
+    ``bos_id`` set, the ``<bos>`` the model puts first is not part of ``L``).
     """
-    emb = self.embed_interleaved(images, tokens, slots, kinds)
-    logits, _ = self.lm(embeddings=emb, attention_mask=kinds > 0, train=train)
-    return logits
+    emb, real = self.embed_interleaved(images, tokens, slots, kinds)
+    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
+    return logits[:, self._num_bos:]
+
+  @property
+  def _num_bos(self) -> int:
+    return 0 if self.bos_id is None else 1
+
+  def _with_bos(self, emb, real):
+    """``(emb, real)`` with the ``<bos>`` embedding (when ``bos_id`` is set) put first."""
+    if self.bos_id is None:
+      return emb, real
+    bos = self.lm.embed(jnp.full((emb.shape[0], 1), self.bos_id, jnp.int32)).astype(self.dtype)
+    return (jnp.concatenate([bos, emb], axis=1),
+            jnp.concatenate([jnp.ones((emb.shape[0], 1), bool), real.astype(bool)], axis=1))
 
   def embed_interleaved(self, images, tokens, slots, kinds):
-    """The LM input embeddings ``[B, L, n_embd]`` of an interleaved sequence (arguments as in
-    :meth:`interleaved`), e.g. as a prompt for :func:`mmjax.models.gpt2.generate`."""
+    """The LM input embeddings ``[B, L', n_embd]`` of an interleaved sequence and its mask ``[B, L']``
+    (True = real), ``L' = L + 1`` with ``bos_id`` set, else ``L`` (arguments as in :meth:`interleaved`),
+    e.g. as a prompt for :func:`mmjax.models.gpt2.generate`."""
     b, s = images.shape[:2]
     pre = self.prefix(images.reshape(b * s, *images.shape[2:])).reshape(b, s * self.num_prefix, self.n_embd)
     img = jnp.take_along_axis(pre, jnp.clip(slots, 0, s * self.num_prefix - 1)[..., None], axis=1)
     text = self.lm.embed(tokens).astype(self.dtype)
-    return jnp.where((kinds == 2)[..., None], img.astype(self.dtype), text)
+    return self._with_bos(jnp.where((kinds == 2)[..., None], img.astype(self.dtype), text), kinds > 0)
 
   def __call__(self, batch: dict, *, train: bool):
     tokens = batch[self.text_key]
@@ -157,8 +198,9 @@ class Frozen(nn.Module):
     prefix = self.prefix(batch[self.image_key])
     emb = jnp.concatenate([prefix.astype(self.dtype), self.lm.embed(tokens).astype(self.dtype)], axis=1)
     real = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), mask.astype(bool)], axis=1)
+    emb, real = self._with_bos(emb, real)
     logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
-    n, t = self.num_prefix, tokens.shape[1]
+    n, t = self._num_bos + self.num_prefix, tokens.shape[1]
     return logits[:, n - 1:n - 1 + t], {"targets": tokens, "weights": mask.astype(jnp.float32)}
 
 
@@ -185,6 +227,23 @@ class CausalLM(nn.Module):
 
   def setup(self):
     self.lm = GPT2(**lm_fields(self))
+
+  def embed_interleaved(self, images, tokens, slots, kinds):
+    """Text-only counterpart of :meth:`Frozen.embed_interleaved`: ``(embeddings [B, 1 + L, D], mask)`` of
+    ``<bos>`` and ``tokens`` (``kinds``: 1 token, 0 padding). This model has no vision encoder: ``images``
+    and ``slots`` are ignored, and sequences must hold no images (:mod:`mmjax.fewshot` checks)."""
+    del images, slots
+    b = tokens.shape[0]
+    emb = self.lm.embed(jnp.concatenate([jnp.full((b, 1), self.bos_id, tokens.dtype), tokens], axis=1))
+    return emb.astype(self.dtype), jnp.concatenate([jnp.ones((b, 1), bool), kinds > 0], axis=1)
+
+  def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):
+    """Logits ``[B, L, V]`` of a packed text-only sequence after ``<bos>`` (``logits[:, l]`` predicts
+    position ``l + 1``, as :meth:`Frozen.interleaved`), so the few-shot code scores a language model on
+    its own with the text stand-ins of images (:meth:`mmjax.fewshot.FewShot.episodes`, ``text_repeats``)."""
+    emb, real = self.embed_interleaved(images, tokens, slots, kinds)
+    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
+    return logits[:, 1:]
 
   def __call__(self, batch: dict, *, train: bool):
     tokens = batch[self.text_key]

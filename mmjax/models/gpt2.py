@@ -233,6 +233,10 @@ class GPT2(nn.Module):
     """Token embeddings ``wte[tokens]``: ``[B, T]`` int -> ``[B, T, D]`` (no positions added)."""
     return self.wte(tokens)
 
+  def token_embeddings(self) -> jax.Array:
+    """The token embedding table ``wte [V, D]`` (also the tied output projection)."""
+    return self.wte.embedding
+
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states ``[..., D]`` -> float32 logits ``[..., V]`` through the tied ``wte``."""
     table = self.wte.embedding.astype(self.dtype)

@@ -281,7 +281,8 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
         rate = timed / max(time.perf_counter() - t0, 1e-9) if timed else None
         log.write(step=done, split="train", steps_per_s=rate,
                   examples_per_s=rate and rate * config.batch_size, **window)
-        bar.set_postfix(loss=f"{window['loss']:.4f}", acc=f"{window.get('accuracy', float('nan')):.3f}")
+        shown = ("loss", "accuracy", "token_accuracy")
+        bar.set_postfix({k: f"{window[k]:.4f}" for k in shown if k in window})
         pending, window_start, t0, timed_from = [], done, time.perf_counter(), 0
       if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
         result = run.evaluate(state.params, config.data.eval_split, eval_fn)
