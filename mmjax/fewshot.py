@@ -282,14 +282,17 @@ def default_fewshot(config) -> FewShot:
 
 def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
                 ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
-                open_ended: bool = True, text_repeats: int = 2, echo=print) -> dict:
+                open_ended: bool = True, text_repeats: int = 2, snap_prefix: bool = False,
+                echo=print) -> dict:
   """Few-shot accuracy of the checkpoint in ``workdir`` (latest, or ``step``): ``{protocol: {k: accuracy}}``
   (scoring the candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy
   decoding, :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``.
 
   A Frozen checkpoint is scored on labelled images of ``split`` (default: the test split of
   ``config.data``); a language model alone (``causal_lm``) on text-only episodes whose images are the class
-  names repeated ``text_repeats`` times (``mode: "text"`` in the result)."""
+  names repeated ``text_repeats`` times (``mode: "text"`` in the result). ``snap_prefix`` scores the Frozen
+  model with every prefix vector replaced by its nearest token embedding (``Frozen.snap_prefix``; not in
+  the paper), the checkpoint unchanged."""
   import json
   from pathlib import Path
 
@@ -307,6 +310,11 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
     raise ConfigError(f"model {config.model.name!r} cannot read interleaved prompts; use frozen or causal_lm")
   fs = default_fewshot(config)
   text = not hasattr(run.model, "prefix")
+  model = run.model
+  if snap_prefix:
+    if text:
+      raise ConfigError("snap_prefix needs a Frozen checkpoint (a vision encoder's prefix to snap)")
+    model = model.clone(snap_prefix=True)
   if text:
     if text_repeats < 1:
       raise ConfigError(f"a language model is scored on text-only episodes: text_repeats must be >= 1, got "
@@ -320,16 +328,18 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
             "seed": seed, "step": int(jax.device_get(state.step))}
   if text:
     result["text_repeats"] = text_repeats
+  else:
+    result["snap_prefix"] = snap_prefix
   for protocol in protocols:
     result[protocol] = {}
     for k in shots:
       eps = fs.episodes(pool, protocol, k, episodes, seed, ways, text_repeats=text_repeats if text else 0)
-      acc = fs.evaluate(run.model, params, eps)
+      acc = fs.evaluate(model, params, eps)
       result[protocol][str(k)] = acc
       msg = f"mmjax: few-shot {protocol} {ways}-way k={k}{' (text only)' if text else ''}: accuracy {acc:.4f}"
       if open_ended:
         result.setdefault(f"{protocol}_open_ended", {})[str(k)] = acc_open = evaluate_open_ended(
-            run.model, params, eps)
+            model, params, eps)
         msg += f", open-ended {acc_open:.4f}"
       echo(f"{msg} ({episodes} episodes)")
   if jax.process_index() == 0:

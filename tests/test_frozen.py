@@ -96,6 +96,29 @@ def test_vocab_mixture_prefix_is_an_expected_token_embedding():
     tiny_frozen(prefix_head="argmax").init(jax.random.PRNGKey(0), batch, train=False)
 
 
+def test_snap_prefix_reads_images_as_tokens():
+  """nearest_token_embeddings picks the most cosine-similar row; snap_prefix makes every prefix vector a
+  row of wte, and training with it is an error (no gradient reaches the encoder)."""
+  from mmjax.models.frozen import nearest_token_embeddings
+
+  table = jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+  vectors = jnp.array([[3.0, 0.1], [0.1, 0.2], [-0.5, -0.4], [0.0, -5.0]])
+  np.testing.assert_array_equal(nearest_token_embeddings(vectors, table), table[np.array([0, 1, 2, 2])])
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.random((3, 8, 8), np.float32), "caption_tokens": rng.integers(3, 45, (3, 4))}
+  for head in ("linear", "vocab_mixture"):
+    model = tiny_frozen(prefix_head=head)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+    soft = np.asarray(model.apply({"params": params}, batch["image"], method="prefix"))
+    snapped = model.clone(snap_prefix=True)
+    hard = np.asarray(snapped.apply({"params": params}, batch["image"], method="prefix"))
+    wte = np.asarray(params["lm"]["wte"]["embedding"])
+    np.testing.assert_array_equal(hard, np.asarray(nearest_token_embeddings(soft, wte)))
+    assert all(any(np.array_equal(row, w) for w in wte) for row in hard.reshape(-1, wte.shape[1]))
+    with pytest.raises(ValueError, match="snap_prefix is for evaluation only"):
+      snapped.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+
+
 def test_open_ended_decoding_matches_the_scored_argmax():
   """Greedy decoding's first token is the argmax of the next-token logits after the prompt."""
   fs = fewshot.FewShot(encode=lambda t: [len(w) for w in t.split()], class_names=[str(i) for i in range(4)])
@@ -179,6 +202,10 @@ def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_d
   protocols = ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended")
   assert all(set(result[p]) == {"0", "2"} for p in protocols)
   assert all(0.0 <= v <= 1.0 for p in protocols for v in result[p].values())
+  assert result["mode"] == "images" and result["snap_prefix"] is False
+  snapped = fewshot.run_fewshot(cfg, tmp_path, protocols=("fast_binding",), shots=(1,), episodes=4,
+                                open_ended=False, snap_prefix=True, echo=lambda _: None)
+  assert snapped["snap_prefix"] is True and 0.0 <= snapped["fast_binding"]["1"] <= 1.0
 
 
 def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):
@@ -318,5 +345,8 @@ def test_fewshot_scores_a_language_model_on_text_episodes(lm_run, data_dir):
                "--shots", "0,3", "--episodes", "6", f"--config.data.data_dir={data_dir}"]) == 0
   result = json.loads((lm_run / "fewshot.json").read_text())
   assert result["mode"] == "text" and result["text_repeats"] == 2 and result["split"] is None
+  cfg = get_config(f"{CONFIGS / 'frozen_digits.py'}:lm,runlocal", [f"data.data_dir={data_dir}"])
+  with pytest.raises(ConfigError, match="snap_prefix needs a Frozen checkpoint"):
+    fewshot.run_fewshot(cfg, lm_run, shots=(1,), episodes=2, snap_prefix=True, echo=lambda _: None)
   for p in ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended"):
     assert set(result[p]) == {"0", "3"} and all(0.0 <= v <= 1.0 for v in result[p].values())

@@ -16,10 +16,11 @@ images and text segments (sec. 3.3), which gives few-shot learning "for free" (s
 
 Deviations: the default encoder is a small pre-activation ResNet with GroupNorm (the paper's NF-ResNet-50 is
 normaliser-free; both avoid batch statistics) sized for small images; the LM is GPT-2 (the paper: a 7B
-transformer trained on C4) and runs without dropout while frozen. Two options the paper does not have,
-both off by default: ``bos_id`` puts the LM's ``<bos>`` before every sequence (our small digits LM is
-pretrained after one; the paper's prompts start with the image), and ``prefix_head="vocab_mixture"``
-constrains the prefix to mixtures of token embeddings (see :class:`VisionEncoder`).
+transformer trained on C4) and runs without dropout while frozen. Options the paper does not have, all
+off by default: ``bos_id`` puts the LM's ``<bos>`` before every sequence (our small digits LM is
+pretrained after one; the paper's prompts start with the image), ``prefix_head="vocab_mixture"``
+constrains the prefix to mixtures of token embeddings (see :class:`VisionEncoder`), and ``snap_prefix``
+(evaluation only) replaces each prefix vector by its nearest token embedding.
 """
 
 from __future__ import annotations
@@ -109,6 +110,14 @@ class VisionEncoder(nn.Module):
     return jnp.einsum("bnv,vd->bnd", probs, table.astype(jnp.float32)).astype(self.dtype)
 
 
+def nearest_token_embeddings(vectors, table):
+  """Each of ``vectors [..., D]`` replaced by the row of ``table [V, D]`` closest to it in cosine
+  similarity (ties: the lowest id)."""
+  v = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+  t = table / jnp.maximum(jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-12)
+  return jnp.take(table, jnp.argmax(v @ t.T, axis=-1), axis=0)
+
+
 def lm_fields(module) -> dict:
   """The :class:`GPT2` constructor arguments held by ``module`` (Frozen / CausalLM share them)."""
   return dict(vocab_size=module.vocab_size, n_positions=module.n_positions, n_embd=module.n_embd,
@@ -143,6 +152,9 @@ class Frozen(nn.Module):
   # A token put before every sequence (captions and interleaved prompts), None for none. Set it to the
   # <bos> the LM was pretrained after, so the prompt's positions are those the LM learned.
   bos_id: int | None = None
+  # Evaluation only (not in the paper): every prefix vector replaced by its nearest token embedding, so the
+  # LM reads an image as num_prefix words; training with it raises (argmax has no gradient).
+  snap_prefix: bool = False
   image_key: str = "image"
   text_key: str = "caption_tokens"
   attention: str = "xla"
@@ -155,7 +167,13 @@ class Frozen(nn.Module):
 
   def prefix(self, images):
     """Visual prefix ``[B, num_prefix, n_embd]`` of images ``[B, H, W(, C)]``."""
-    return self.vision(images, None if self.prefix_head == "linear" else self.lm.token_embeddings())
+    p = self.vision(images, None if self.prefix_head == "linear" else self.lm.token_embeddings())
+    return nearest_token_embeddings(p, self.lm.token_embeddings()) if self.snap_prefix else p
+
+  def _check_trainable(self, train: bool):
+    if train and self.snap_prefix:
+      raise ValueError("snap_prefix is for evaluation only: the nearest-token snap has no gradient, so the "
+                       "vision encoder would not learn; train without it")
 
   def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):
     """Logits ``[B, L, V]`` of an interleaved image/text sequence.
@@ -166,6 +184,7 @@ class Frozen(nn.Module):
     Build these arrays with :func:`mmjax.fewshot.pack`. ``logits[:, l]`` predicts position ``l + 1`` (with
     ``bos_id`` set, the ``<bos>`` the model puts first is not part of ``L``).
     """
+    self._check_trainable(train)
     emb, real = self.embed_interleaved(images, tokens, slots, kinds)
     logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
     return logits[:, self._num_bos:]
@@ -193,6 +212,7 @@ class Frozen(nn.Module):
     return self._with_bos(jnp.where((kinds == 2)[..., None], img.astype(self.dtype), text), kinds > 0)
 
   def __call__(self, batch: dict, *, train: bool):
+    self._check_trainable(train)
     tokens = batch[self.text_key]
     mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
     prefix = self.prefix(batch[self.image_key])
