@@ -11,7 +11,8 @@ Two stages, two commands (the second reads the first's checkpoint):
    through a 2-vector visual prefix (n = 2, as the paper), after the ``<bos>`` the LM was pretrained with.
 
 Then ``mmjax fewshot --config configs/frozen_digits.py --workdir runs/frozen_digits`` scores fast binding
-(and real-name classification) with k = 0..5 shots. ``FILE:lm,runlocal`` / ``FILE:runlocal`` shrink the runs
+(and real-name classification) with k = 0..5 shots (``--snap_prefix``: with the prefixes snapped to the
+nearest token embeddings). ``FILE:lm,runlocal`` / ``FILE:runlocal`` shrink the runs
 for smoke tests; ``FILE:vocab`` trains the encoder with the ``vocab_mixture`` prefix head (not the paper's;
 README: Frozen).
 """

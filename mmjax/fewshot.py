@@ -20,6 +20,10 @@ repeated ``n`` times (``seven seven this is a dax . ...``), the stand-in that ``
 the language model with. Scored on the language model alone (a ``causal_lm`` checkpoint), this measures
 what the LM brings before any image is involved.
 
+With ``snap_prefix`` (``mmjax fewshot --snap_prefix``; not in the paper) Frozen's prefix vectors are
+replaced by their nearest token embeddings, so each image reaches the LM as ``num_prefix`` words: this
+separates what the LM can bind from how well it reads continuous prefixes (README: Frozen).
+
 Both are also scored *open-ended* (the paper's open-ended miniImageNet / VQA setting): the LM decodes
 greedily after the prompt with no candidate list, and the episode counts when its answer comes out.
 
