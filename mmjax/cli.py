@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--seed", type=int, default=0)
   fs.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   fs.add_argument("--no_open_ended", action="store_true", help="skip the open-ended (greedy decoding) scores")
+  fs.add_argument("--text_support", action="store_true",
+                  help="Frozen: support examples as text stand-ins (--text_repeats words), the query an "
+                       "image (a diagnostic)")
   fs.add_argument("--snap_prefix", action="store_true",
                   help="Frozen: replace each image prefix vector by its nearest token embedding (not in the "
                        "paper; the checkpoint is unchanged)")
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
       run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
                   episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
                   open_ended=not args.no_open_ended, text_repeats=args.text_repeats,
-                  snap_prefix=args.snap_prefix)
+                  snap_prefix=args.snap_prefix, text_support=args.text_support)
       return 0
 
     from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate

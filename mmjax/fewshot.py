@@ -20,9 +20,10 @@ repeated ``n`` times (``seven seven this is a dax . ...``), the stand-in that ``
 the language model with. Scored on the language model alone (a ``causal_lm`` checkpoint), this measures
 what the LM brings before any image is involved.
 
-With ``snap_prefix`` (``mmjax fewshot --snap_prefix``; not in the paper) Frozen's prefix vectors are
-replaced by their nearest token embeddings, so each image reaches the LM as ``num_prefix`` words: this
-separates what the LM can bind from how well it reads continuous prefixes (README: Frozen).
+Two diagnostics for Frozen (README: Frozen): ``text_support`` (``mmjax fewshot --text_support``) makes
+only the support examples text and keeps the query an image; ``snap_prefix`` (``--snap_prefix``; not in
+the paper) replaces the prefix vectors by their nearest token embeddings, so each image reaches the LM as
+``num_prefix`` words. Both separate what the LM can bind from how well it reads continuous prefixes.
 
 Both are also scored *open-ended* (the paper's open-ended miniImageNet / VQA setting): the LM decodes
 greedily after the prompt with no candidate list, and the episode counts when its answer comes out.
@@ -120,16 +121,19 @@ class FewShot:
     return list(self.encode(" ".join([self.class_names[c]] * repeats)))
 
   def episodes(self, pool: dict, protocol: str, shots: int, num: int, seed: int, ways: int = 2, *,
-               text_repeats: int = 0):
+               text_repeats: int = 0, text_support: bool = False):
     """``num`` episodes of ``protocol`` with ``shots`` support examples per class, drawn from ``pool``
     (``{class: [B_c, ...] images}``) with a generator seeded by ``(seed, shots)``.
 
     ``text_repeats > 0``: text-only episodes, each image replaced by its class name repeated
     ``text_repeats`` times; ``pool`` then only names the classes (its values are not read) and the
-    episodes hold no images."""
+    episodes hold no images. With ``text_support`` as well, only the support examples become text and
+    the query stays an image (one image per episode)."""
     if protocol not in ("fast_binding", "classification"):
       raise ConfigError(f"unknown few-shot protocol {protocol!r}; use 'fast_binding' or 'classification'")
-    if text_repeats:
+    if text_support and not text_repeats:
+      raise ConfigError("text_support needs text_repeats >= 1 (the length of a support stand-in)")
+    if text_repeats and not text_support:
       pool = {c: range(shots + 1) for c in pool}  # only the classes matter
     classes = sorted(c for c, imgs in pool.items() if len(imgs) > shots)
     if len(classes) < ways:
@@ -157,9 +161,9 @@ class FewShot:
         support += [(pool[c][i], w) for i in picks[:shots]]
       order = rng.permutation(len(support))
       seq = []
-      for image, w, text in [(*support[i], self._caption(names[support[i][1]])) for i in order] + [
-          (query_image, query_way, prompt)]:
-        if text_repeats:  # the class name stands for the image
+      items = [(*support[i], self._caption(names[support[i][1]]), False) for i in order]
+      for image, w, text, is_query in items + [(query_image, query_way, prompt, True)]:
+        if text_repeats and not (text_support and is_query):  # the class name stands for the image
           seq += self._stand_in(chosen[w], text_repeats)
         else:
           images.append(image)
@@ -287,7 +291,7 @@ def default_fewshot(config) -> FewShot:
 def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
                 ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
                 open_ended: bool = True, text_repeats: int = 2, snap_prefix: bool = False,
-                echo=print) -> dict:
+                text_support: bool = False, echo=print) -> dict:
   """Few-shot accuracy of the checkpoint in ``workdir`` (latest, or ``step``): ``{protocol: {k: accuracy}}``
   (scoring the candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy
   decoding, :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``.
@@ -296,7 +300,9 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
   ``config.data``); a language model alone (``causal_lm``) on text-only episodes whose images are the class
   names repeated ``text_repeats`` times (``mode: "text"`` in the result). ``snap_prefix`` scores the Frozen
   model with every prefix vector replaced by its nearest token embedding (``Frozen.snap_prefix``; not in
-  the paper), the checkpoint unchanged."""
+  the paper), the checkpoint unchanged; ``text_support`` gives Frozen episodes whose support examples are
+  text stand-ins (``text_repeats`` words) and whose query is an image, a diagnostic of how the LM reads
+  image queries apart from image support lines."""
   import json
   from pathlib import Path
 
@@ -315,9 +321,9 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
   fs = default_fewshot(config)
   text = not hasattr(run.model, "prefix")
   model = run.model
+  if text and (snap_prefix or text_support):
+    raise ConfigError("snap_prefix and text_support need a Frozen checkpoint (a vision encoder)")
   if snap_prefix:
-    if text:
-      raise ConfigError("snap_prefix needs a Frozen checkpoint (a vision encoder's prefix to snap)")
     model = model.clone(snap_prefix=True)
   if text:
     if text_repeats < 1:
@@ -334,10 +340,14 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
     result["text_repeats"] = text_repeats
   else:
     result["snap_prefix"] = snap_prefix
+    result["text_support"] = text_support
+    if text_support:
+      result["text_repeats"] = text_repeats
   for protocol in protocols:
     result[protocol] = {}
     for k in shots:
-      eps = fs.episodes(pool, protocol, k, episodes, seed, ways, text_repeats=text_repeats if text else 0)
+      eps = fs.episodes(pool, protocol, k, episodes, seed, ways,
+                        text_repeats=text_repeats if text or text_support else 0, text_support=text_support)
       acc = fs.evaluate(model, params, eps)
       result[protocol][str(k)] = acc
       msg = f"mmjax: few-shot {protocol} {ways}-way k={k}{' (text only)' if text else ''}: accuracy {acc:.4f}"

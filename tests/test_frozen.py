@@ -206,6 +206,9 @@ def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_d
   snapped = fewshot.run_fewshot(cfg, tmp_path, protocols=("fast_binding",), shots=(1,), episodes=4,
                                 open_ended=False, snap_prefix=True, echo=lambda _: None)
   assert snapped["snap_prefix"] is True and 0.0 <= snapped["fast_binding"]["1"] <= 1.0
+  mixed = fewshot.run_fewshot(cfg, tmp_path, protocols=("fast_binding",), shots=(1,), episodes=4,
+                              open_ended=False, text_support=True, echo=lambda _: None)
+  assert mixed["text_support"] is True and mixed["text_repeats"] == 2 and mixed["mode"] == "images"
 
 
 def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):
@@ -336,6 +339,18 @@ def test_text_only_episodes_put_class_names_where_images_were():
   img_pool = {c: np.zeros((4, 8, 8), np.float32) for c in range(10)}
   with pytest.raises(ConfigError, match="no vision encoder"):
     fs.evaluate(lm, params, fs.episodes(img_pool, "fast_binding", 1, 2, seed=0))
+  # text_support: support lines as text, the query still an image (its class's image, from the pool).
+  img_pool = {c: np.full((4, 8, 8), c, np.float32) for c in range(10)}
+  for ep in fs.episodes(img_pool, "fast_binding", 2, 10, seed=1, text_repeats=2, text_support=True):
+    assert len(ep.images) == 1 and ep.prompt[-4] == ("image", 0)
+    assert all(isinstance(x, int) for x in ep.prompt[:-4])
+    lines = [line.split() for line in vocab.decode(ep.prompt[:-4])[:-2].split(" . ")]
+    assert len(lines) == 2 * 2 and all(line[0] == line[1] and len(line) == 6 for line in lines)
+    query_digit = LABEL_NAMES[int(ep.images[0, 0, 0])]
+    named = {line[0]: line[5] for line in lines}
+    assert named[query_digit] == vocab.decode(ep.answers[ep.correct]).split()[0]
+  with pytest.raises(ConfigError, match="text_support needs text_repeats"):
+    fs.episodes(img_pool, "fast_binding", 1, 2, seed=0, text_support=True)
 
 
 def test_fewshot_scores_a_language_model_on_text_episodes(lm_run, data_dir):
@@ -346,7 +361,8 @@ def test_fewshot_scores_a_language_model_on_text_episodes(lm_run, data_dir):
   result = json.loads((lm_run / "fewshot.json").read_text())
   assert result["mode"] == "text" and result["text_repeats"] == 2 and result["split"] is None
   cfg = get_config(f"{CONFIGS / 'frozen_digits.py'}:lm,runlocal", [f"data.data_dir={data_dir}"])
-  with pytest.raises(ConfigError, match="snap_prefix needs a Frozen checkpoint"):
-    fewshot.run_fewshot(cfg, lm_run, shots=(1,), episodes=2, snap_prefix=True, echo=lambda _: None)
+  for flag in ("snap_prefix", "text_support"):
+    with pytest.raises(ConfigError, match="snap_prefix and text_support need a Frozen checkpoint"):
+      fewshot.run_fewshot(cfg, lm_run, shots=(1,), episodes=2, echo=lambda _: None, **{flag: True})
   for p in ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended"):
     assert set(result[p]) == {"0", "3"} and all(0.0 <= v <= 1.0 for v in result[p].values())
