@@ -56,8 +56,8 @@ def get_config(arg=None):
     c.optimizer.weight_decay = 0.01
     c.eval_every = c.checkpoint_every = 2000
   else:  # stage 2: Frozen
-    # every image with each of its six captions: with one fixed caption per image the encoder memorised
-    # the caption's template in its prefix (see the builder's docstring)
+    # every image with each of its six captions: with one fixed caption per image the encoder can memorise
+    # the caption's template instead of reading the digit (see the builder's docstring)
     c.data.name = "digits_av_captions/all_templates"
     c.data.max_lengths = {"caption_tokens": 8}  # longest caption: 8 tokens
     c.model.name = "frozen"

@@ -316,8 +316,7 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
     state = run.restore_or_init(step, require=True)
   finally:
     run.checkpointer.close()
-  if not hasattr(run.model, "interleaved"):
-    raise ConfigError(f"model {config.model.name!r} cannot read interleaved prompts; use frozen or causal_lm")
+  _check_model_takes(run.model, [])
   fs = default_fewshot(config)
   text = not hasattr(run.model, "prefix")
   model = run.model

@@ -16,8 +16,8 @@ What it is
   * ``all_templates`` (``digits_av_captions/all_templates``): one example per image and template (six per
     image, as COCO has several captions per image), so the caption says nothing about an image beyond its
     digit. Frozen trains on this one: with one fixed template per image, a vision encoder can lower its
-    captioning loss by memorising each training image's template in its prefix, and did (the second
-    prefix vector encoded the template, not the digit, and fast binding stayed at chance).
+    training loss by memorising each image's template in its prefix (measured with one template: the
+    validation caption loss rose after 500 of 1,500 steps; with all templates it falls throughout).
 
   "this is a <digit> ." is the template the
   few-shot prompts use (``PROMPT_PREFIX`` = "this is a"); the article is always "a" (also before "eight"),
