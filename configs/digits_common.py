@@ -49,21 +49,28 @@ def generative(model: str, arg=None, **model_kwargs):
   """A generative model (``mfm``, ``mvae``, ``mmvae``) on digits_av, trained with the ``vae`` task
   (reconstruction of every modality, prior matching, the label loss).
 
-  Every evaluation reports cross-modal coherence (speech -> image, text -> image, image -> speech) scored
-  by the unimodal classifiers in :data:`CLASSIFIERS` -- train them first:
+  Two ``cross_modal`` evaluators report cross-modal coherence (speech -> image, text -> image, image ->
+  speech) scored by the unimodal classifiers in :data:`CLASSIFIERS`: ``coherence`` on the validation split
+  at every evaluation (with a speech -> image PNG grid in ``<workdir>/samples``) and ``test_coherence`` on
+  the test split at the end. Train the classifiers first:
   ``mmjax train --config configs/late_fusion_digits.py:image --workdir runs/classifiers/image`` (and
-  ``:audio``), or pass ``--config.generation.coherence=''`` -- and writes a speech -> image PNG grid to
-  ``<workdir>/samples``. ``runlocal`` turns coherence off (the grid stays).
+  ``:audio``), or pass ``--config.evaluators.coherence.kwargs.pairs='' --config.evaluators.test_coherence.
+  kwargs.pairs=''``. ``runlocal`` turns coherence off (the grid stays).
   """
   c = base()
   c.model.name = model
   c.model.kwargs = {"modalities": MODALITIES, "num_classes": 10, "vocab_size": VOCAB_SIZE, "width": 64,
                     **model_kwargs}
   c.task.name = "vae"
-  c.generation.coherence = "audio->image,text->image,image->audio"
-  c.generation.classifiers = dict(CLASSIFIERS)
-  c.generation.grid = "audio->image"
+  pairs = "audio->image,text->image,image->audio"
+  c.evaluators.coherence = {"name": "cross_modal", "every": c.eval_every,
+                            "kwargs": {"split": "validation", "pairs": pairs, "classifiers": dict(CLASSIFIERS),
+                                       "grid": "audio->image"}}
+  c.evaluators.test_coherence = {"name": "cross_modal", "every": 0,
+                                 "kwargs": {"split": "test", "pairs": pairs, "classifiers": dict(CLASSIFIERS)}}
   c = apply_arg(c, arg)
   if "runlocal" in (arg or "").split(","):
-    c.generation.coherence = ""
+    c.evaluators.coherence.every = c.eval_every
+    c.evaluators.coherence.kwargs.pairs = ""
+    del c.evaluators["test_coherence"]
   return c

@@ -2,11 +2,12 @@
 
 Hyperparameters follow Table 5 of Tsai et al. (ACL 2019) (``mmjax.models.mult.VARIANTS``): batch size,
 learning rate, width 40, 4 cross-modal layers, heads, kernel sizes, dropouts, gradient clipping, epochs
-(converted to steps with the training-split sizes below). Deviations from the original training script:
-the learning rate stays constant (the original wraps Adam in ReduceLROnPlateau(factor 0.1, patience 20) on
-the validation loss, which rarely fires within these epoch counts), and the final state is evaluated on
-the test split (the original tests the checkpoint with the best validation loss; ``mmjax eval --step N``
-evaluates any saved checkpoint).
+(converted to steps with the training-split sizes below). As in the original training script, the
+validation split is evaluated once per epoch, the learning rate drops by 10x when the validation loss has
+not improved for 20 epochs (PyTorch's ``ReduceLROnPlateau(factor=0.1, patience=20)``, which reduces on the
+21st epoch without improvement; ``optax.contrib.reduce_on_plateau`` counts the reducing evaluation itself,
+hence ``patience = 21`` here), and the checkpoint with the best validation loss is the one to report
+(``metrics.json["best"]``, ``mmjax eval --step best``). The final state is evaluated too.
 """
 
 
@@ -59,4 +60,10 @@ def get_mult_config(dataset: str, arg=None):
   c.eval_every = steps_per_epoch
   c.checkpoint_every = steps_per_epoch
   c.keep_checkpoints = 5
+  c.optimizer.plateau.factor = 0.1
+  c.optimizer.plateau.patience = 21  # = PyTorch's patience 20 (see the module docstring)
+  c.optimizer.plateau.metric = "validation/loss"
+  c.optimizer.plateau.mode = "min"
+  c.best_metric = "validation/loss"
+  c.best_mode = "min"
   return c

@@ -1,10 +1,11 @@
-"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``fewshot``, ``data build``, ``bench``.
+"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``fewshot``, ``data``, ``bench``.
+
+This is the user-error boundary: a :class:`mmjax.errors.UserError` (a bad config, path, dataset or
+checkpoint) is printed as one paragraph and exits with status 2, without a traceback (``--debug`` shows
+it); any other exception is a bug and keeps its traceback (status 1).
 
 ``mmjax train --config configs/late_fusion_digits.py --workdir runs/demo --config.optimizer.lr=3e-4``
 Any ``--config.a.b=value`` overrides a config field; unknown fields are errors.
-
-``mmjax sample --config C --workdir W --from audio --to image`` draws a PNG grid of images generated from
-speech by a generative model's checkpoint (:mod:`mmjax.generation`).
 
 ``mmjax bench attention [ARGS...]`` and ``mmjax bench train_step [ARGS...]`` run the benchmarks of
 :mod:`mmjax.bench` with the remaining arguments passed on unchanged (``train_step`` takes ``--config.*``
@@ -17,6 +18,7 @@ import argparse
 import importlib
 import json
 import sys
+import textwrap
 
 BENCHMARKS = {
     "attention": "every attention kernel (and PyTorch SDPA) over a grid of shapes",
@@ -24,33 +26,75 @@ BENCHMARKS = {
     "decode": "GPT-2 greedy decoding tokens/s, with the KV cache vs. recomputing the sequence",
 }
 
+EXAMPLES = {
+    "train": "mmjax train --config configs/late_fusion_digits.py --workdir runs/demo --config.num_steps=300",
+    "eval": "mmjax eval --config configs/late_fusion_digits.py --workdir runs/demo --split test --step best",
+    "sample": ("mmjax sample --config configs/mfm_digits.py --workdir runs/mfm --from audio --to image "
+               "--per_class 2"),
+    "fewshot": "mmjax fewshot --config configs/frozen_digits.py --workdir runs/frozen_digits --shots 0,1,5",
+    "data": "mmjax data list\n  mmjax data build cmu_mosei/unaligned --manual_dir ~/mult_data",
+    "data build": ("mmjax data build digits_av\n  mmjax data build cmu_mosei/unaligned --manual_dir "
+                   "~/mult_data"),
+    "data list": "mmjax data list --data_dir ~/tensorflow_datasets",
+}
+
+
+def _version() -> str:
+  from mmjax import __version__
+
+  return __version__
+
+
+def _sub(sub, name, help_text, example_key=None, **kwargs):
+  """A subcommand whose ``--help`` ends with an example (``EXAMPLES[example_key or name]``)."""
+  return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                        epilog="example:\n  " + EXAMPLES[example_key or name],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def _step(text: str):
+  """``--step``: a number, ``latest`` or ``best``."""
+  if text in ("latest", "best"):
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a step number, 'latest' or 'best'; got {text!r}") from None
+
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="mmjax", description="JAX model zoo for multimodal learning.")
-  sub = p.add_subparsers(dest="command", required=True)
+  p = argparse.ArgumentParser(
+      prog="mmjax", description="JAX model zoo for multimodal learning.",
+      epilog="examples:\n  " + "\n  ".join(EXAMPLES[k] for k in ("train", "eval")) +
+             "\n  mmjax bench attention --quick\n\nRun `mmjax COMMAND --help` for the options of a command.",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--version", action="version", version=f"mmjax {_version()}")
+  p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-  train = sub.add_parser("train", help="train a config (resumes from the workdir's latest checkpoint)")
+  train = _sub(sub, "train", "train a config (resumes from the workdir's latest checkpoint)")
   train.add_argument("--config", required=True, help="config file, optionally FILE:ARG")
   train.add_argument("--workdir", required=True, help="run directory (checkpoints, logs, metrics)")
 
-  ev = sub.add_parser("eval", help="evaluate a checkpoint of a workdir")
+  ev = _sub(sub, "eval", "evaluate a checkpoint of a workdir with the task's metrics")
   ev.add_argument("--config", required=True)
   ev.add_argument("--workdir", required=True)
   ev.add_argument("--split", default=None, help="split to evaluate (default: the config's test split)")
-  ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ev.add_argument("--step", type=_step, default=None,
+                  help="checkpoint: a step number, 'latest' (default) or 'best' (needs best_metric)")
 
-  smp = sub.add_parser("sample", help="PNG grid of one modality generated from another (generative models)")
+  smp = _sub(sub, "sample", "PNG grid of one modality generated from another (generative models)")
   smp.add_argument("--config", required=True)
   smp.add_argument("--workdir", required=True)
   smp.add_argument("--from", dest="source", required=True, help="modality to generate from, e.g. audio")
   smp.add_argument("--to", dest="target", required=True, help="modality to generate, e.g. image")
   smp.add_argument("--split", default=None, help="split to draw examples from (default: the test split)")
-  smp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  smp.add_argument("--per_class", type=int, default=None, help="examples per class (default: config)")
+  smp.add_argument("--step", type=_step, default=None, help="checkpoint: a number, 'latest' or 'best'")
+  smp.add_argument("--per_class", type=int, default=2, help="examples per class")
   smp.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/...)")
 
-  fs = sub.add_parser("fewshot", help="few-shot accuracy of a Frozen checkpoint (interleaved prompts), or of "
-                                     "its language model alone on text-only prompts")
+  fs = _sub(sub, "fewshot", "few-shot accuracy of a Frozen checkpoint (interleaved prompts), or of its "
+                            "language model alone on text-only prompts")
   fs.add_argument("--config", required=True)
   fs.add_argument("--workdir", required=True)
   fs.add_argument("--protocol", default="fast_binding,classification",
@@ -60,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--ways", type=int, default=2, help="classes per episode")
   fs.add_argument("--split", default=None, help="split to draw images from (default: the test split)")
   fs.add_argument("--seed", type=int, default=0)
-  fs.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  fs.add_argument("--step", type=_step, default=None, help="checkpoint: a number, 'latest' or 'best'")
   fs.add_argument("--no_open_ended", action="store_true", help="skip the open-ended (greedy decoding) scores")
   fs.add_argument("--text_support", action="store_true",
                   help="Frozen: support examples as text stand-ins (--text_repeats words), the query an "
@@ -71,13 +115,15 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--text_repeats", type=int, default=2,
                   help="a language model alone: each image of an episode is its class name this many times")
 
-  data = sub.add_parser("data", help="dataset commands")
-  data_sub = data.add_subparsers(dest="data_command", required=True)
-  build = data_sub.add_parser("build", help="prepare a dataset (array_record) for training")
-  build.add_argument("name", help="dataset name, e.g. digits_av")
+  data = _sub(sub, "data", "dataset commands: build, list")
+  data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+  build = _sub(data_sub, "build", "prepare a dataset (array_record) for training", "data build")
+  build.add_argument("name", help="dataset name, e.g. digits_av or cmu_mosei/unaligned")
   build.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
   build.add_argument("--manual_dir", default="",
                      help="folder with the files of a dataset you downloaded yourself (e.g. cmu_mosei)")
+  lst = _sub(data_sub, "list", "list mmjax's datasets and their configs, prepared or not", "data list")
+  lst.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
   # Listed for --help only: main() hands "bench ..." to _bench before parsing.
   sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS) + " (mmjax bench NAME --help)",
                  add_help=False)
@@ -121,65 +167,97 @@ def _bench(argv) -> int:
   return module.main(list(argv[1:]), prog=f"mmjax bench {name}")
 
 
+def _user_error(e: BaseException) -> str:
+  """One paragraph: ``mmjax: error: <message>``, wrapped at 110 columns (the message's own line breaks,
+  e.g. lists of mismatched names, are kept)."""
+  lines = str(e).strip().splitlines() or [type(e).__name__]
+  first = textwrap.fill(f"mmjax: error: {lines[0]}", width=110, subsequent_indent="  ")
+  return "\n".join([first, *lines[1:]])
+
+
 def main(argv=None) -> int:
   """Entry point of the ``mmjax`` console script; returns the exit status."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if argv and argv[0] == "bench":  # before the override split: train_step takes --config.* itself
-    from mmjax.config import ConfigError
-    from mmjax.data.pipeline import DatasetError
+  from mmjax.errors import UserError
 
-    try:
-      return _bench(argv[1:])
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-      print(f"mmjax: error: {e}", file=sys.stderr)
-      return 2
+  argv = sys.argv[1:] if argv is None else list(argv)
+  debug = "--debug" in argv
+  argv = [a for a in argv if a != "--debug"]
+  try:
+    return _main(argv)
+  except UserError as e:
+    if debug:
+      raise
+    print(_user_error(e), file=sys.stderr)
+    return 2
+
+
+def _main(argv) -> int:
+  if argv and argv[0] == "bench":  # before the override split: train_step takes --config.* itself
+    return _bench(argv[1:])
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
   if overrides and args.command not in ("train", "eval", "sample", "fewshot"):
-    raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample, not {args.command}")
+    raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample/fewshot, not "
+                     f"{args.command}")
 
-  from mmjax.config import ConfigError, get_config
-  from mmjax.data.pipeline import DatasetError
-  from mmjax.train import BatchError, CheckpointError
+  from mmjax.config import get_config
 
-  try:
-    if args.command == "data":
-      from mmjax.data import pipeline
+  if args.command == "data":
+    from mmjax.data import pipeline
 
-      builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None)
-      splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-      print(f"mmjax: {args.name} ready in {builder.data_dir}: {splits}")
-      return 0
+    if args.data_command == "list":
+      import logging
 
-    if args.command == "sample":
-      from mmjax.generation import sample
-
-      path = sample(get_config(args.config, overrides), args.workdir, args.source, args.target,
-                    split=args.split, step=args.step, per_class=args.per_class, out=args.out)
-      print(f"mmjax: wrote {path}")
-      return 0
-
-    if args.command == "fewshot":
-      from mmjax.fewshot import run_fewshot
-
-      shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
-      protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
-      run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
-                  episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
-                  open_ended=not args.no_open_ended, text_repeats=args.text_repeats,
-                  snap_prefix=args.snap_prefix, text_support=args.text_support)
-      return 0
-
-    from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate
-
-    maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    config = get_config(args.config, overrides)
-    if args.command == "train":
-      train_and_evaluate(config, args.workdir)
-    else:
-      result = evaluate_checkpoint(config, args.workdir, args.split or config.data.test_split, args.step)
-      print(json.dumps(result, indent=2))
+      logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every unprepared variant
+      return _data_list(pipeline.list_datasets(args.data_dir or None))
+    builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None)
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    print(f"mmjax: {args.name} ready in {builder.data_dir}: {splits}")
     return 0
-  except (ConfigError, DatasetError, CheckpointError, BatchError, FileNotFoundError) as e:
-    print(f"mmjax: error: {e}", file=sys.stderr)
-    return 2
+
+  if args.command == "sample":
+    from mmjax.evaluators import cross_modal
+    from mmjax.train import restore_run
+
+    config = get_config(args.config, overrides)
+    run, state = restore_run(args.workdir, args.step, config=config)
+    split = args.split or config.data.test_split or config.data.eval_split
+    path = cross_modal.sample(run, state.params, args.source, args.target, split=split,
+                              step=int(state.step), per_class=args.per_class, out=args.out)
+    print(f"mmjax: wrote {path}")
+    return 0
+
+  if args.command == "fewshot":
+    from mmjax.fewshot import run_fewshot
+
+    shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+    run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
+                episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
+                open_ended=not args.no_open_ended, text_repeats=args.text_repeats,
+                snap_prefix=args.snap_prefix, text_support=args.text_support)
+    return 0
+
+  from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate
+
+  maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  config = get_config(args.config, overrides)
+  if args.command == "train":
+    train_and_evaluate(config, args.workdir)
+  else:
+    result = evaluate_checkpoint(config, args.workdir, args.split or config.data.test_split, args.step)
+    print(json.dumps(result, indent=2))
+  return 0
+
+
+def _data_list(rows) -> int:
+  """Prints the table of ``mmjax data list``."""
+  print(f"{'dataset':34} {'kind':22} {'prepared':9} splits")
+  for r in rows:
+    name = f"{r['name']}/{r['config']}" if r["config"] else r["name"]
+    kind = "embedded" if r["embedded"] else ("manual (--manual_dir)" if r["manual"] else "download")
+    splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items()) if r["prepared"] else "-"
+    print(f"{name:34} {kind:22} {'yes' if r['prepared'] else 'no':9} {splits}")
+  if rows:
+    print(f"(data directory: {rows[0]['data_dir'].split('/' + rows[0]['name'])[0]})")
+  return 0

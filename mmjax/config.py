@@ -16,8 +16,12 @@ from pathlib import Path
 
 import ml_collections
 
+from mmjax.errors import ConfigError
+
+__all__ = ["ConfigError", "apply_override", "default_config", "get_config", "load_config_file", "validate"]
+
 # Sections whose keys are free-form dictionaries (checked elsewhere or by the consumer).
-FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "generation.classifiers")
+FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "evaluators")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -58,7 +62,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.clip_norm = 0.0
   c.optimizer.frozen = ""  # regex over parameter paths
-  c.optimizer.grad_accum_steps = 1
+  c.optimizer.grad_accum_steps = 1  # micro-batches per update (scanned; batch_size is per update)
+  c.optimizer.ema_decay = 0.0  # > 0: an EMA of the parameters, evaluated and checkpointed beside them
+  c.optimizer.plateau = ml_collections.ConfigDict()  # ReduceLROnPlateau (optax.contrib.reduce_on_plateau)
+  c.optimizer.plateau.factor = 0.0  # 0 = off; e.g. 0.1
+  c.optimizer.plateau.patience = 10  # evaluations of the metric without improvement before a reduction
+  c.optimizer.plateau.metric = "validation/loss"  # EVALUATOR/METRIC
+  c.optimizer.plateau.mode = "min"  # or "max"
+  c.optimizer.plateau.rtol = 1e-4  # relative improvement that counts
+  c.optimizer.plateau.cooldown = 0  # evaluations to wait after a reduction
+  c.optimizer.plateau.min_scale = 0.0  # the scale never drops below this
 
   c.init = ml_collections.ConfigDict()  # start from pretrained parameters (mmjax.train.pretrained)
   c.init.workdir = ""  # the latest checkpoint of another mmjax run ...
@@ -66,11 +79,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.init.source = ""  # subtree of those parameters to take ("" = all), e.g. "lm"
   c.init.target = ""  # where it goes in this model's parameters ("" = the whole tree), e.g. "lm"
 
-  c.generation = ml_collections.ConfigDict()  # generative models only (see mmjax.generation)
-  c.generation.coherence = ""  # "audio->image,text->image": cross-modal coherence at every evaluation
-  c.generation.classifiers = ml_collections.ConfigDict()  # modality -> workdir of a unimodal classifier
-  c.generation.grid = ""  # "audio->image": a PNG grid of generations in <workdir>/samples per evaluation
-  c.generation.grid_per_class = 2  # examples of each class in a grid
+  # Evaluators (mmjax.evaluators): KEY -> {"name": a registered evaluator, "every": steps between runs
+  # (0 = only at the end of training), "kwargs": its arguments}. Metrics are logged as KEY/METRIC. The
+  # task's metrics on data.eval_split (every eval_every steps) and data.test_split (at the end) are added
+  # under those split names unless this section sets those keys itself.
+  c.evaluators = ml_collections.ConfigDict()
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
@@ -83,14 +96,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every = 50  # pull metrics to the host, write a log line
   c.eval_every = 500  # 0 = only at the end
   c.checkpoint_every = 500  # 0 = only at the end
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # the newest K; the best checkpoint (best_metric) is kept besides them
+  c.best_metric = ""  # EVALUATOR/METRIC whose best value's checkpoint is kept, e.g. "validation/accuracy"
+  c.best_mode = "max"  # "max" or "min"
+  c.early_stopping_patience = 0  # stop after this many evaluations without a new best (0 = never)
+  c.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard
   c.async_checkpoints = True
   c.progress = True  # progress bar on process 0
   return c
-
-
-class ConfigError(ValueError):
-  """A config file or override that does not fit the schema."""
 
 
 def _suggest(key, candidates) -> str:
@@ -133,7 +146,74 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                         f"Its fields: {sorted(fields)}")
   if not full.data.name:
     raise ConfigError("config sets no data.name (a dataset, e.g. 'digits_av')")
+  _check_names(full)
+  _check_ranges(full)
   return full
+
+
+def _check_names(c) -> None:
+  """Names that must be one of a known set: task, optimizer, schedule, evaluators."""
+  from mmjax import evaluators, tasks
+  from mmjax.train.optim import OPTIMIZERS, SCHEDULES
+
+  for what, value, known in (("task.name", c.task.name, tasks.names()),
+                             ("optimizer.name", c.optimizer.name, OPTIMIZERS),
+                             ("optimizer.schedule", c.optimizer.schedule, SCHEDULES)):
+    if value not in known:
+      raise ConfigError(f"{what} {value!r} is not known.{_suggest(value, known)} Valid names: "
+                        f"{', '.join(known)}.")
+  reserved = ("step", "model", "num_params", "train", "best", "stopped_early")  # keys of metrics.json
+  for key, spec in c.evaluators.items():
+    if key in reserved or key.endswith("_ema") or "/" in key:
+      raise ConfigError(f"evaluators.{key}: the key may not be one of {reserved}, end in _ema or hold '/'; "
+                        "choose another name")
+    if not isinstance(spec, ml_collections.ConfigDict):
+      raise ConfigError(f"evaluators.{key} must be a section {{name, every, kwargs}}; got {spec!r}")
+    unknown = sorted(set(spec.keys()) - {"name", "every", "kwargs"})
+    if unknown:
+      raise ConfigError(f"evaluators.{key} has unknown fields {unknown}; an evaluator has name, every "
+                        "and kwargs")
+    name = spec.get("name", "")
+    if name not in evaluators.names():
+      raise ConfigError(f"evaluators.{key}.name {name!r} is not a registered evaluator."
+                        f"{_suggest(str(name), evaluators.names())} Registered: "
+                        f"{', '.join(evaluators.names())}.")
+    every = spec.get("every", 0)
+    if not isinstance(every, int) or every < 0:
+      raise ConfigError(f"evaluators.{key}.every must be an integer >= 0 (0 = only at the end of "
+                        f"training); got {every!r}")
+
+
+def _check_ranges(c) -> None:
+  """Counts, intervals and modes: each in its valid range, or a message that gives the range."""
+  def need(ok, key, value, rule):
+    if not ok:
+      raise ConfigError(f"{key} must be {rule}; got {value!r}. Fix it in the config file or with "
+                        f"--config.{key}=VALUE.")
+
+  for key in ("num_steps", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+    value = c[key]
+    need(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+  for key in ("eval_every", "checkpoint_every", "early_stopping_patience"):
+    value = c[key]
+    need(isinstance(value, int) and value >= 0, key, value, "an integer >= 0 (0 = off)")
+  accum = c.optimizer.grad_accum_steps
+  need(isinstance(accum, int) and accum >= 1, "optimizer.grad_accum_steps", accum, "an integer >= 1")
+  need(c.batch_size % accum == 0, "batch_size", c.batch_size,
+       f"a multiple of optimizer.grad_accum_steps ({accum}): each update averages that many equal "
+       "micro-batches")
+  need(c.optimizer.lr >= 0, "optimizer.lr", c.optimizer.lr, ">= 0")
+  need(c.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", c.optimizer.warmup_steps, ">= 0")
+  for axis in ("data", "fsdp", "tensor"):
+    size = c.mesh[axis]
+    need(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
+         "an integer >= 1, or -1 for all remaining devices")
+  need(c.best_mode in ("max", "min"), "best_mode", c.best_mode, "'max' or 'min'")
+  if c.best_metric:
+    need("/" in c.best_metric, "best_metric", c.best_metric,
+         "EVALUATOR/METRIC, e.g. 'validation/accuracy'")
+  need(not c.early_stopping_patience or c.best_metric, "early_stopping_patience",
+       c.early_stopping_patience, "0 unless best_metric names the metric to watch")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -148,11 +228,27 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   sys.path.insert(0, str(file.parent.absolute()))  # config files may import their siblings
   try:
     module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}. Fix the "
+                      "file and run again.") from e
+  except Exception as e:
+    raise ConfigError(f"config file {path!r} failed while loading: {type(e).__name__}: {e}. Fix the "
+                      "file (run with --debug for the traceback).") from e
   finally:
     sys.path.remove(str(file.parent.absolute()))
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} defines no get_config()")
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:
+    what = f"argument {arg!r}" if arg else "no argument"
+    doc = (module.__doc__ or "").strip().split("\n\n")[0]
+    raise ConfigError(f"get_config of {path!r} failed with {what}: {type(e).__name__}: {e}"
+                      + (f". The file says: {doc}" if doc else "")) from e
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config of {path!r} returned {type(cfg).__name__}, not an "
+                      "ml_collections.ConfigDict")
+  return cfg
 
 
 def _parse_value(text: str, current):
@@ -199,7 +295,7 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
       if leaf not in fields:
         raise ConfigError(f"model {cfg.model.name!r} has no field {leaf!r}.{_suggest(leaf, fields)}")
       current = fields[leaf]
-    elif section in FREE_FORM:
+    elif any(section == f or section.startswith(f + ".") for f in FREE_FORM):
       current = None
     else:
       raise ConfigError(f"unknown config key {key!r}.{_suggest(leaf, node.keys())} "

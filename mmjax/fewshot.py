@@ -306,16 +306,12 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
   import json
   from pathlib import Path
 
-  from mmjax.train.loop import build_run
+  from mmjax.train.run import restore_run
 
   for p in protocols:
     if p not in PROTOCOLS:
       raise ConfigError(f"unknown few-shot protocol {p!r}; available: {PROTOCOLS}")
-  run = build_run(config, workdir, jax.local_devices()[:1])
-  try:
-    state = run.restore_or_init(step, require=True)
-  finally:
-    run.checkpointer.close()
+  run, state = restore_run(workdir, step, config=config, devices=jax.local_devices()[:1])
   _check_model_takes(run.model, [])
   fs = default_fewshot(config)
   text = not hasattr(run.model, "prefix")

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +54,24 @@ def main(argv=None) -> int:
 
   jit_train_step = loop.jit_train_step
 
-  def recording_jit(*a, **k):
-    step = jit_train_step(*a, **k)
+  class Recording:
+    """The compiled step, recording each step's loss (the loop compiles with ``.lower().compile()``)."""
 
-    def run(state, batch):
-      state, metrics = step(state, batch)
+    def __init__(self, compiled):
+      self.compiled = compiled
+
+    def __call__(self, state, batch):
+      state, metrics = self.compiled(state, batch)
       losses.append(metrics["loss"])  # replicated: every process holds the full value
       return state, metrics
 
-    return run
+    def __getattr__(self, name):  # cost_analysis, memory_analysis, ...
+      return getattr(self.compiled, name)
+
+  def recording_jit(*a, **k):
+    step = jit_train_step(*a, **k)
+    return types.SimpleNamespace(lower=lambda *args: types.SimpleNamespace(
+        compile=lambda: Recording(step.lower(*args).compile())))
 
   pipeline.train_batches = recording_batches
   loop.jit_train_step = recording_jit

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from mmjax import models, tasks
-from mmjax.train.loop import init_state
+from mmjax.train.optim import Optimizer
+from mmjax.train.run import init_state
 from mmjax.train.step import train_step
 
 B = 4
@@ -61,10 +62,10 @@ def test_output_shapes_and_finite_gradients(name):
 @pytest.mark.parametrize("name", ["late_fusion", "early_fusion"])
 def test_loss_decreases_on_a_tiny_batch(name):
   model = small(name, dropout=0.0)
-  tx = optax.adam(3e-3)
+  opt = Optimizer(tx=optax.adam(3e-3), schedule=optax.constant_schedule(3e-3))
   batch = fake_batch()
-  state = init_state(model, tx, batch, seed=0)
-  step = jax.jit(functools.partial(train_step, model=model, tx=tx, task=tasks.get("classification")))
+  state = init_state(model, opt, batch, seed=0)
+  step = jax.jit(functools.partial(train_step, model=model, optimizer=opt, task=tasks.get("classification")))
   losses = []
   for _ in range(40):
     state, metrics = step(state, batch)

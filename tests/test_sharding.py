@@ -10,8 +10,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax import models, tasks
-from mmjax.train.loop import init_state, make_global_batch
 from mmjax.train.mesh import batch_sharding, make_mesh
+from mmjax.train.optim import Optimizer
+from mmjax.train.run import init_state, make_global_batch
 from mmjax.train.step import train_step
 
 B = 8
@@ -55,7 +56,7 @@ def step_on(devices, model, task, batch, state, tx):
   mesh = make_mesh(devices=devices)
   replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
   state = jax.device_put(state, replicated)
-  fn = jax.jit(functools.partial(train_step, model=model, tx=tx, task=task),
+  fn = jax.jit(functools.partial(train_step, model=model, optimizer=tx, task=task),
                in_shardings=(replicated, batch_sharding(mesh)), out_shardings=(replicated, None))
   new_state, metrics = fn(state, make_global_batch(batch, batch_sharding(mesh)))
   return jax.device_get(new_state.params), jax.device_get(metrics)
@@ -67,7 +68,8 @@ CASES = {"mult": mult_case, **{n: functools.partial(vae_case, n) for n in ("mfm"
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_sharded_step_equals_single_device(case):
   model, task, batch = case()
-  tx = optax.sgd(0.1)  # linear in the gradients (Adam amplifies the sign of ~0 gradients)
+  # SGD: linear in the gradients (Adam amplifies the sign of ~0 gradients)
+  tx = Optimizer(tx=optax.sgd(0.1), schedule=optax.constant_schedule(0.1))
   state = jax.jit(lambda: init_state(model, tx, {k: v[:1] for k, v in batch.items()}, seed=0))()
   params_1, metrics_1 = step_on(jax.devices()[:1], model, task, batch, state, tx)
   params_8, metrics_8 = step_on(jax.devices()[:8], model, task, batch, state, tx)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmjax import tasks
+from mmjax.errors import ConfigError
 from mmjax.train import train_and_evaluate
 
 
@@ -38,7 +39,7 @@ def test_multilabel_binary_cross_entropy():
 
 
 def test_unknown_task():
-  with pytest.raises(KeyError, match="unknown task"):
+  with pytest.raises(ConfigError, match="unknown task 'regresion'. Did you mean regression"):
     tasks.get("regresion")
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mmjax.train import BatchError, CheckpointError, train_and_evaluate
-from mmjax.train.loop import make_global_batch
 from mmjax.train.mesh import batch_sharding, make_mesh
+from mmjax.train.run import make_global_batch
 
 
 def quiet(*args, **kwargs):

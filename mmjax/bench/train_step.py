@@ -47,7 +47,7 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
   import jax
 
   from mmjax.data import pipeline
-  from mmjax.train.loop import build_run, count_params, make_global_batch
+  from mmjax.train.run import build_run, count_params, make_global_batch
   from mmjax.train.step import jit_train_step
 
   with tempfile.TemporaryDirectory() as workdir:  # build_run opens a checkpoint directory; nothing is saved
@@ -61,7 +61,8 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
                                           seed=config.seed, process_index=jax.process_index(),
                                           process_count=jax.process_count()))
     batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
-    step = jit_train_step(run.model, run.tx, run.task, run.state_shardings, run.batch_sharding, run.mesh)
+    step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
+                          run.mesh, config.optimizer.grad_accum_steps)
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)

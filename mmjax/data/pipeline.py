@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
+from mmjax.errors import UserError
 
 # datasets whose data ships inside the package (built on first use), with any of their builder configs
 EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
@@ -34,7 +35,7 @@ def is_embedded(name: str) -> bool:
   return name.split("/")[0].split(":")[0] in EMBEDDED
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
   """A dataset that is unknown, not prepared, or whose examples do not fit the config."""
 
 
@@ -252,3 +253,26 @@ def eval_batches(data_cfg, split: str, *, global_batch_size: int, process_index:
         filler = dict(pad(source[0]), _valid=np.float32(0.0))
       examples += [filler] * (local - len(examples))
     yield stack(examples)
+
+
+def list_datasets(data_dir: str | None = None) -> list[dict]:
+  """mmjax's TFDS datasets: ``{"name", "config", "embedded", "manual", "prepared", "splits"}`` per builder
+  config (``config`` is "" for builders without configs); ``prepared`` says whether it is built in
+  ``data_dir`` (default: the TFDS data directory)."""
+  from mmjax.data import builders
+
+  rows = []
+  for cls_name in builders.__all__:
+    cls = getattr(builders, cls_name)
+    configs = [c.name for c in (getattr(cls, "BUILDER_CONFIGS", None) or [])] or [""]
+    for config in configs:
+      name = f"{cls.name}/{config}" if config else cls.name
+      builder = get_builder(name, data_dir)
+      prepared = builder.is_prepared()
+      splits = {k: v.num_examples for k, v in builder.info.splits.items()} if prepared else {}
+      rows.append({"name": cls.name, "config": config, "embedded": is_embedded(cls.name),
+                   "manual": bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)),
+                   "prepared": prepared,
+                   "splits": splits,
+                   "data_dir": str(builder.data_dir)})
+  return rows

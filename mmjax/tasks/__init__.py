@@ -11,8 +11,10 @@ A task whose metrics are not sums (correlation, F1) also defines
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
+from mmjax.errors import ConfigError
 from mmjax.tasks.classification import Classification
 from mmjax.tasks.multilabel import MultiLabelBinary
 from mmjax.tasks.next_token import NextToken
@@ -23,13 +25,23 @@ _TASKS = {"classification": Classification, "regression": Regression,
           "multilabel_binary": MultiLabelBinary, "next_token": NextToken, "vae": VAE}
 
 
+def names() -> list[str]:
+  """Sorted names of every task."""
+  return sorted(_TASKS)
+
+
 def get(name: str, **kwargs):
-  """The task registered as ``name``, built with ``kwargs``."""
+  """The task registered as ``name``, built with ``kwargs`` (its dataclass fields)."""
   if name not in _TASKS:
     near = difflib.get_close_matches(name, _TASKS, n=2)
-    hint = f"; did you mean {near}?" if near else ""
-    raise KeyError(f"unknown task {name!r}; available: {sorted(_TASKS)}{hint}")
-  return _TASKS[name](**kwargs)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    raise ConfigError(f"unknown task {name!r}.{hint} Valid names: {', '.join(names())}.")
+  try:
+    return _TASKS[name](**kwargs)
+  except TypeError as e:
+    fields = [f.name for f in dataclasses.fields(_TASKS[name])]
+    raise ConfigError(f"task {name!r} cannot take task.kwargs {sorted(kwargs)} ({e}); its fields: "
+                      f"{fields}") from None
 
 
-__all__ = ["Classification", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get"]
+__all__ = ["Classification", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get", "names"]

@@ -1,4 +1,5 @@
-"""Single-label classification: softmax cross-entropy loss, accuracy."""
+"""Single-label classification: softmax cross-entropy loss, accuracy; per-example predictions for the
+confusion matrix (``mmjax.evaluators.split_metrics`` writes it)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,17 @@ class Classification:
     losses, correct = self._per_example(outputs, batch)
     w = example_weights(batch, losses.shape[0])
     return {"loss": (losses * w).sum(), "accuracy": (correct * w).sum(), "count": w.sum()}
+
+  def eval_outputs(self, outputs, aux, batch):
+    """Per-example ``prediction`` (argmax class) and ``label`` ``[B]`` int32, for a confusion matrix."""
+    del aux
+    return {"prediction": jnp.argmax(outputs, -1).astype(jnp.int32),
+            "label": batch[self.label_key].astype(jnp.int32)}
+
+  def summarize(self, arrays):
+    """No split-level scalar beyond the sums; the predictions are kept for the confusion matrix."""
+    del arrays
+    return {}
 
 
 def jax_one_hot(labels, num_classes):

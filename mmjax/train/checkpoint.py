@@ -1,33 +1,48 @@
-"""orbax-checkpoint wrapper: save every N steps, keep K, restore the latest into a sharded abstract state.
+"""orbax-checkpoint wrapper: save every N steps, keep the newest K and the best one, restore any of them
+into a sharded abstract state.
 
 Each checkpoint holds two items: ``state`` (the :class:`~mmjax.train.state.TrainState`) and ``meta`` (JSON
 naming the model and its fields). Restoring checks ``meta`` and every array shape against what the run
 expects, so a checkpoint of another model, or a corrupt one, is reported in plain words instead of failing
 deep inside orbax or XLA.
+
+The best checkpoint: checkpoints saved with ``metrics`` (at evaluations) are ranked by ``best_metric`` with
+orbax's own ``best_fn``/``best_mode``, and orbax's preservation policy keeps the newest ``keep`` checkpoints
+*and* the best one (``AnyPreservationPolicy([LatestN, BestN])``), so ``keep_checkpoints`` never deletes it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from mmjax import pytree
+from mmjax.errors import UserError
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used by this run (corrupt, incomplete, or of another model)."""
-
-
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint that cannot be used by this run (corrupt, incomplete, of another model, or absent)."""
 
 
 def _shapes(tree) -> dict[str, tuple]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {_path_str(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in flat}
+  return {k: tuple(getattr(x, "shape", np.shape(x))) for k, x in pytree.flatten(tree).items()}
+
+
+class _QuietUntrackedSaves(logging.Filter):
+  """orbax warns on every save without metrics when a best metric is tracked; mmjax saves checkpoints
+  between evaluations on purpose (they are kept by the LatestN policy), so that warning is noise."""
+
+  def filter(self, record):
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
 
 
 class Checkpointer:
@@ -40,17 +55,32 @@ class Checkpointer:
     identity: JSON-serialisable description of the model (name and fields) stored with every checkpoint
       and compared on restore.
     async_save: write checkpoints in a background thread.
+    best_metric: the metric (a key of the ``metrics`` given to :meth:`save`) that ranks checkpoints;
+      "" keeps no best checkpoint.
+    best_mode: ``"max"`` or ``"min"``: which end of ``best_metric`` is best.
+    read_only: open an existing directory without creating or deleting anything (evaluation commands).
   """
 
   def __init__(self, directory, *, save_every: int, keep: int, identity: dict[str, Any],
-               async_save: bool = True):
+               async_save: bool = True, best_metric: str = "", best_mode: str = "max",
+               read_only: bool = False):
     self.directory = Path(directory).absolute()
     self.identity = json.loads(json.dumps(identity))  # normalise tuples to lists
     self.save_every = save_every
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-        save_interval_steps=save_every if save_every > 0 else 1,
-    )
+    self.best_metric = best_metric
+    policies = [preservation.LatestN(n=keep)]
+    best = {}
+    if best_metric:
+      rank = lambda metrics: float(metrics[best_metric])  # noqa: E731
+      policies.append(preservation.BestN(get_metric_fn=rank, reverse=best_mode == "min", n=1,
+                                         keep_checkpoints_without_metrics=False))
+      best = dict(best_fn=rank, best_mode=best_mode)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, **best)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          create=True, enable_async_checkpointing=async_save,
+          preservation_policy=preservation.AnyPreservationPolicy(policies), **best)
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options,
@@ -63,20 +93,57 @@ class Checkpointer:
     """The newest complete checkpoint's step, or None."""
     return self._manager.latest_step()
 
+  def best_step(self) -> int | None:
+    """The step of the checkpoint with the best ``best_metric`` among those saved with metrics, or None
+    (also when no best metric is tracked)."""
+    if not self.best_metric:
+      return None
+    ranked = [s for s in self._manager.all_steps() if self._manager.metrics(s)]
+    return self._manager.best_step() if ranked else None
+
+  def metrics(self, step: int) -> dict | None:
+    """The metrics a checkpoint was saved with (evaluation steps when a best metric is tracked), or None."""
+    return self._manager.metrics(step)
+
+  def resolve(self, step) -> int:
+    """A checkpoint step from ``step``: an int, ``None`` or ``"latest"`` (the newest), or ``"best"``.
+    Raises :class:`CheckpointError` naming the steps that exist when there is no such checkpoint."""
+    have = self.all_steps()
+    if step in (None, "latest"):
+      found = self.latest_step()
+    elif step == "best":
+      if not self.best_metric:
+        raise CheckpointError("--step best needs the run's best_metric (the config sets none), so no "
+                              "checkpoint is marked best; pass a step number instead, one of "
+                              f"{have or 'none'}")
+      found = self.best_step()
+    else:
+      try:
+        found = int(step)
+      except (TypeError, ValueError):
+        raise CheckpointError(f"checkpoint step must be a number, 'latest' or 'best'; got {step!r}") from None
+      if found not in have:
+        raise CheckpointError(f"there is no checkpoint at step {found} in {self.directory}; saved steps: "
+                              f"{have or 'none'}")
+    if found is None:
+      raise CheckpointError(f"no {'best ' if step == 'best' else ''}checkpoint in {self.directory}; "
+                            "train first (mmjax train ...)")
+    return found
+
   def all_steps(self) -> list[int]:
     """Steps of every complete checkpoint, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state, *, force: bool = False) -> bool:
-    """Saves ``state`` at ``step`` if it is a save step (or ``force``); returns whether it saved."""
-    if not force and (self.save_every <= 0 or step % self.save_every):
-      return False
-    if step in self._manager.all_steps():
+  def save(self, step: int, state, *, metrics: dict | None = None, force: bool = False) -> bool:
+    """Saves ``state`` at ``step`` if it is a save step (or ``force``, or ``metrics`` are given: the
+    checkpoint of an evaluation that may be the best); returns whether it saved."""
+    due = force or metrics is not None or (self.save_every > 0 and step % self.save_every == 0)
+    if not due or step in self._manager.all_steps():
       return False
     return self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.identity)),
-        force=True,
+        metrics=metrics, force=True,
     )
 
   def wait(self) -> None:

@@ -1,187 +1,37 @@
-"""The training loop: data -> jitted step -> metrics -> checkpoints -> evaluation, resumable.
+"""The training loop: data -> jitted step -> writers -> evaluators -> checkpoints, resumable.
 
-:func:`train_and_evaluate` is the whole run; :func:`evaluate_checkpoint` evaluates a saved state. Both
-build the same :class:`Run` (mesh, model, task, optimizer, abstract sharded state, checkpointer), so
-what is trained is exactly what is evaluated.
+:func:`train_and_evaluate` is the whole run; :func:`evaluate_checkpoint` evaluates a saved state. Both go
+through :mod:`mmjax.train.run` (``build_run`` / ``restore_run``), so what is trained is exactly what is
+evaluated. Evaluation is done by the evaluators the config names (:mod:`mmjax.evaluators`, reached only
+through its registry); this module knows no model and no evaluator.
+
+Before the first step the loop compiles the train step ahead of time and prints, one line each, the
+parameter count, the device and mesh, the compiled step's FLOPs (XLA's cost analysis) and its memory per
+device (arguments, temporaries, output), so a config that does not fit shows it before training starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmjax import models, tasks
+from mmjax import evaluators as evaluator_registry
 from mmjax.data import pipeline
-from mmjax.train import mesh as mesh_lib
-from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.optim import make_optimizer
-from mmjax.train.state import TrainState
-from mmjax.train.step import jit_eval_step, jit_train_step, sum_metrics
+from mmjax.errors import UserError
+from mmjax.files import read_json, write_json, write_text
+from mmjax.train.run import Run, build_run, count_params, restore_run
+from mmjax.train.step import jit_plateau_update, jit_train_step
+from mmjax.train.writers import MetricWriter
 
 
-class BatchError(ValueError):
-  """A batch whose arrays cannot form one global batch (sizes disagree, or do not divide the mesh)."""
-
-
-def make_global_batch(local_batch: dict, sharding) -> dict:
-  """Builds global ``jax.Array`` s from this process's part of the batch (the same call on one device
-  and on many hosts). Every array must share the leading (batch) size."""
-  sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in local_batch.items()}
-  if len(set(sizes.values())) != 1 or None in sizes.values():
-    raise BatchError(f"the modalities of a batch disagree in batch size: {sizes}")
-  n = next(iter(sizes.values()))
-  shards = mesh_lib.data_parallel_size(sharding.mesh) // jax.process_count()
-  if n % max(shards, 1):
-    raise BatchError(f"this process's batch of {n} does not split over its {shards} data-parallel devices")
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
-
-
-def init_state(model, tx, example_batch: dict, seed: int) -> TrainState:
-  """Fresh state: parameters from ``model.init`` on an example batch, optimizer state, base PRNG key."""
-  root = jax.random.PRNGKey(seed)
-  variables = model.init(
-      {"params": jax.random.fold_in(root, 0), "dropout": jax.random.fold_in(root, 1)},
-      example_batch, train=False,
-  )
-  params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.fold_in(root, 2))
-
-
-def count_params(params) -> int:
-  """Number of scalar parameters."""
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
-
-
-@dataclasses.dataclass
-class Run:
-  """Everything a run is built from; see :func:`build_run`."""
-
-  config: Any
-  workdir: Path
-  mesh: Any
-  model: Any
-  task: Any
-  tx: Any
-  batch_sharding: Any
-  state_shardings: Any
-  abstract_state: Any
-  init: Any  # () -> sharded TrainState
-  checkpointer: Checkpointer
-  generation: Any = None  # mmjax.generation.CrossModal when config.generation asks for coherence or grids
-
-  def restore_or_init(self, step: int | None = None, *, require: bool = False) -> TrainState:
-    """The checkpoint at ``step`` (default: latest) if there is one, else a fresh state."""
-    step = self.checkpointer.latest_step() if step is None else step
-    if step is None:
-      if require:
-        raise FileNotFoundError(f"no checkpoint in {self.checkpointer.directory}; train first")
-      return self.init()
-    return self.checkpointer.restore(step, self.abstract_state)
-
-  def evaluate(self, params, split: str, eval_fn=None) -> dict:
-    """Metric means over every example of ``split`` (plus ``count``)."""
-    cfg = self.config
-    if eval_fn is None:
-      eval_fn = jit_eval_step(self.model, self.task, self.state_shardings.params, self.batch_sharding,
-                              self.mesh)
-    total, collected = None, []
-    for local in pipeline.eval_batches(cfg.data, split, global_batch_size=cfg.eval_batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
-      sums, per_example = eval_fn(params, make_global_batch(local, self.batch_sharding))
-      total = sum_metrics(total, sums)
-      if per_example:
-        collected.append(per_example)
-    total = jax.device_get(total)
-    count = float(total.pop("count"))
-    result = {k: float(v) / max(count, 1.0) for k, v in total.items()}
-    if collected:  # metrics over all predictions (correlation, F1, ...)
-      arrays = {k: np.concatenate([np.asarray(c[k]) for c in jax.device_get(collected)])
-                for k in collected[0]}
-      valid = arrays.pop("_valid") > 0
-      result.update(self.task.summarize({k: v[valid] for k, v in arrays.items()}))
-    if self.generation is not None:
-      result.update(self.generation.coherence(params, split))
-    return {**result, "count": int(count)}
-
-
-def build_run(config, workdir, devices=None) -> Run:
-  """Builds mesh (over ``devices``, default all), model, task, optimizer, the abstract sharded state and
-  the checkpointer."""
-  workdir = Path(workdir)
-  mesh = mesh_lib.make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp,
-                             "tensor": config.mesh.tensor}, devices)
-  for name, size in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-    if size % mesh_lib.data_parallel_size(mesh):
-      raise BatchError(f"{name} {size} is not divisible by the {mesh_lib.data_parallel_size(mesh)} "
-                       "data-parallel devices of the mesh")
-  model = models.build(config.model.name, dict(config.model.kwargs))
-  task = tasks.get(config.task.name, **dict(config.task.kwargs))
-  tx = make_optimizer(config.optimizer, config.num_steps)
-  example = pipeline.example_from_features(config.data)  # shapes only: no data are read here
-
-  def init():
-    return init_state(model, tx, example, config.seed)
-
-  boxed = jax.eval_shape(init)
-  state_shardings = mesh_lib.tree_shardings(boxed, mesh)
-  abstract = jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
-  init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
-  if config.init.workdir or config.init.hf_gpt2:
-    init_sharded = _with_pretrained(init, config.init, tx, state_shardings)
-  identity = {"model": config.model.name, "kwargs": config.model.kwargs.to_dict()}
-  checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
-                              keep=config.keep_checkpoints, identity=identity,
-                              async_save=config.async_checkpoints)
-  run = Run(config, workdir, mesh, model, task, tx, mesh_lib.batch_sharding(mesh), state_shardings,
-            abstract, init_sharded, checkpointer)
-  if config.generation.coherence or config.generation.grid:
-    from mmjax.generation import CrossModal
-
-    run.generation = CrossModal(run, label_key=getattr(task, "label_key", "label"))
-  return run
-
-
-def _with_pretrained(init_fn, init_cfg, tx, shardings):
-  """A sharded init that grafts the parameters ``config.init`` names into ``init_fn()``'s (see
-  :mod:`mmjax.train.pretrained`) and builds the optimizer state for the result, in one jitted call
-  (the pretrained arrays are its arguments, not constants)."""
-  from mmjax.train.pretrained import graft, load_pretrained
-
-  def grafted(pretrained):
-    state = nn.unbox(init_fn())
-    params = graft(state.params, pretrained, init_cfg.target)
-    return state.replace(params=params, opt_state=tx.init(params))
-
-  def init():
-    return jax.jit(grafted, out_shardings=shardings)(load_pretrained(init_cfg))
-
-  return init
-
-
-class _Log:
-  """JSONL metrics on process 0 (``<workdir>/metrics.jsonl``)."""
-
-  def __init__(self, path: Path):
-    self.enabled = jax.process_index() == 0
-    self.path = path
-
-  def write(self, **record):
-    if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The training loss became NaN or infinite; the message names the steps."""
 
 
 class _SigtermFlag:
@@ -220,115 +70,303 @@ def _pull(pending: list) -> dict:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def _fmt(metrics: dict) -> str:
+  return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _bytes(n) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return str(n)
+
+
+def compiled_stats(compiled) -> dict:
+  """FLOPs and memory of a compiled step, as XLA reports them (missing entries are None)."""
+  stats = {"flops": None, "argument_bytes": None, "temp_bytes": None, "output_bytes": None}
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    stats["flops"] = float(cost["flops"]) if cost and "flops" in cost else None
+  except Exception:  # noqa: BLE001 - not every backend reports costs
+    pass
+  try:
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      stats.update(argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                   output_bytes=mem.output_size_in_bytes)
+  except Exception:  # noqa: BLE001
+    pass
+  return stats
+
+
+@dataclasses.dataclass
+class _Best:
+  """Progress of ``best_metric``: best value and step so far, evaluations since it."""
+
+  metric: str
+  mode: str
+  value: float | None = None
+  step: int | None = None
+  since: int = 0
+
+  def better(self, value: float) -> bool:
+    if self.value is None:
+      return True
+    return value > self.value if self.mode == "max" else value < self.value
+
+
+class _Evaluation:
+  """The run's evaluators (:func:`mmjax.evaluators.build`), their schedule, logging and the state they
+  feed back (plateau scale, best checkpoint, early stopping)."""
+
+  def __init__(self, run: Run, writer: MetricWriter, echo):
+    self.run, self.writer, self.echo = run, writer, echo
+    cfg = run.config
+    self.evaluators = evaluator_registry.build(run)
+    self.best = _Best(cfg.best_metric, cfg.best_mode) if cfg.best_metric else None
+    self.plateau_fn = None
+    if run.optimizer.plateau is not None:
+      self.plateau_fn = jit_plateau_update(run.optimizer, run.state_shardings.plateau)
+    for metric in filter(None, (cfg.best_metric, run.optimizer.plateau_metric if self.plateau_fn else "")):
+      key = metric.split("/")[0]
+      base = key[:-4] if key.endswith("_ema") else key
+      if base not in self.evaluators:
+        raise UserError(f"{metric!r} names evaluator {key!r}, which this run does not have; its evaluators: "
+                        f"{sorted(self.evaluators)} (add _ema for the EMA parameters' results)")
+
+  def due(self, step: int) -> list[str]:
+    return [k for k, (every, _) in self.evaluators.items() if every and step % every == 0]
+
+  def resume(self, start: int) -> None:
+    """Best value and evaluations since it, from the checkpoints' metrics (a resumed run continues the
+    count where it was)."""
+    if self.best is None:
+      return
+    ckpt = self.run.checkpointer
+    step = ckpt.best_step()
+    if step is None:
+      return
+    self.best.step = step
+    self.best.value = float(ckpt.metrics(step)[self.best.metric])
+    key = self.best.metric.split("/")[0].removesuffix("_ema")
+    every = self.evaluators[key][0]
+    self.best.since = (start // every - step // every) if every else 0
+
+  def evaluate(self, keys, state, step: int, write=None, tag: str = "") -> dict:
+    """Runs the evaluators ``keys`` on the parameters (and the EMA parameters, as ``KEY_ema``), logs every
+    result, and returns ``{KEY: metrics}``. ``tag`` prefixes the names evaluators give their files."""
+    write = write or self.echo
+    results = {}
+    sets = [("", state.params)] + ([("_ema", state.ema_params)] if state.ema_params is not None else [])
+    for key in keys:
+      for suffix, params in sets:
+        name = key + suffix
+        result = self.evaluators[key][1].evaluate(params, step=step, name=f"{tag}{name}")
+        results[name] = result.metrics
+        self.writer.write(step, name, result.metrics)
+        self.writer.write_images(step, result.images)
+        write(f"mmjax: step {step}: {name} " + _fmt(result.metrics))
+        for path in result.files:
+          if path.suffix == ".png":
+            write(f"mmjax: wrote {path}")
+    self.writer.flush()
+    return results
+
+  def feed_back(self, state, results: dict, step: int):
+    """Plateau update and best tracking from ``results``; returns ``(state, checkpoint_metrics or
+    None)`` — the metrics to save with this step's checkpoint when it carries the tracked metric."""
+    metric = self.run.optimizer.plateau_metric
+    if self.plateau_fn is not None and self._has(results, metric):
+      old = float(jax.device_get(state.plateau.scale))
+      state = state.replace(plateau=self.plateau_fn(state.plateau, self._value(results, metric)))
+      new = float(jax.device_get(state.plateau.scale))
+      if new != old:
+        patience = self.run.config.optimizer.plateau.patience
+        self.echo(f"mmjax: step {step}: {metric} has not improved for {patience} evaluations; "
+                  f"learning-rate scale {old:g} -> {new:g}")
+    if self.best is None or not self._has(results, self.best.metric):
+      return state, None
+    value = self._value(results, self.best.metric)
+    if self.best.better(value):
+      self.best.value, self.best.step, self.best.since = value, step, 0
+    else:
+      self.best.since += 1
+    return state, {self.best.metric: value}
+
+  def should_stop(self) -> bool:
+    patience = self.run.config.early_stopping_patience
+    return bool(patience and self.best is not None and self.best.since >= patience)
+
+  @staticmethod
+  def _has(results, metric) -> bool:
+    key, _, name = metric.partition("/")
+    return key in results and name in results[key]
+
+  @staticmethod
+  def _value(results, metric) -> float:
+    key, _, name = metric.partition("/")
+    return float(results[key][name])
+
+
 def train_and_evaluate(config, workdir, *, devices=None, echo=print) -> dict:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns final metrics.
 
-  Writes ``config.json``, ``metrics.jsonl`` (train windows and evaluations) and ``metrics.json`` (the
-  final evaluations, and the last window of training metrics under ``"train"``) to ``workdir``, and
-  checkpoints under ``workdir/checkpoints``. ``devices`` restricts the mesh (default: all devices).
+  Writes ``config.json``, ``metrics.jsonl`` (train windows and evaluations), TensorBoard event files
+  (``tensorboard/``), ``metrics.json`` (the final evaluations, the last window of training metrics under
+  ``"train"``, and with ``best_metric`` the ``"best"`` checkpoint's step and evaluations) and checkpoints
+  under ``workdir/checkpoints``. Nothing is written before the config, the resumed checkpoint, the
+  evaluators and the data have been checked. ``devices`` restricts the mesh (default: all devices).
   """
   workdir = Path(workdir)
-  is_main = jax.process_index() == 0
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {str(workdir)!r} is a file, not a directory; choose another path")
   run = build_run(config, workdir, devices)
   try:
     return _train(run, config, workdir, echo)
   finally:
-    run.checkpointer.close()  # never leave an asynchronous save half-written
+    run.close()  # never leave an asynchronous save half-written
 
 
 def _train(run: Run, config, workdir: Path, echo) -> dict:
-  is_main = jax.process_index() == 0
-  log = _Log(workdir / "metrics.jsonl")
+  is_main = run.is_main
+  say = echo if is_main else (lambda *a, **k: None)
   state = run.restore_or_init()
   start = int(jax.device_get(state.step))
-  say = echo if is_main else (lambda *a, **k: None)
-  say(f"mmjax: model {config.model.name} ({count_params(state.params):,} parameters), data "
-      f"{config.data.name}, mesh {dict(run.mesh.shape)}, {jax.process_count()} process(es), "
-      f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
-  say(f"mmjax: resuming from checkpoint at step {start}" if start else "mmjax: starting from scratch")
-
-  train_fn = jit_train_step(run.model, run.tx, run.task, run.state_shardings, run.batch_sharding, run.mesh)
-  eval_fn = jit_eval_step(run.model, run.task, run.state_shardings.params, run.batch_sharding, run.mesh)
+  evaluation = _Evaluation(run, _NullWriter(), say)
+  evaluation.resume(start)
   batches = pipeline.train_batches(
       config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
-  bar = tqdm(total=config.num_steps, initial=start, disable=not (config.progress and is_main),
+  devices = run.devices
+  say(f"mmjax: model {config.model.name} ({count_params(state.params):,} parameters), data "
+      f"{config.data.name}, mesh {dict(run.mesh.shape)}, {jax.process_count()} process(es), "
+      f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})")
+  step_fn = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
+                           run.mesh, config.optimizer.grad_accum_steps)
+  finished = start >= config.num_steps
+  batch = None if finished else run.global_batch(next(batches))
+  if batch is not None:
+    t = time.perf_counter()
+    step_fn = step_fn.lower(state, batch).compile()
+    stats = compiled_stats(step_fn)
+    flops = f"{stats['flops'] / 1e9:.3g} GFLOP per step" if stats["flops"] else "FLOPs not reported"
+    memory = ("memory per device: arguments " + _bytes(stats["argument_bytes"]) + ", temporaries "
+              + _bytes(stats["temp_bytes"]) + ", output " + _bytes(stats["output_bytes"])
+              if stats["argument_bytes"] is not None else "memory not reported")
+    say(f"mmjax: train step compiled in {time.perf_counter() - t:.1f} s: {flops} (XLA cost analysis); "
+        f"{memory}")
+  # Every check has passed: from here on the workdir is written.
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+  writer = MetricWriter(workdir, tensorboard=config.tensorboard)
+  evaluation.writer = writer
+  say(f"mmjax: resuming from checkpoint at step {start}" if start else "mmjax: starting from scratch")
+  try:
+    return _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say)
+  finally:
+    writer.close()
+
+
+class _NullWriter:
+  """Stands in for the writer until the checks before training have passed."""
+
+  def write(self, *a, **k):
+    pass
+
+  write_images = flush = close = write
+
+
+def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say) -> dict:
+  is_main = run.is_main
+  window = {}
+  if start >= config.num_steps:  # a finished run, evaluated again
+    window = (read_json(workdir / "metrics.json", {}, warn=say) or {}).get("train", {})
+  stopped = evaluation.should_stop()
+  bar = tqdm(total=config.num_steps, initial=start, disable=not (config.progress and is_main) or stopped,
              desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-  pending, window_start, t0, timed_from, window = [], start, time.perf_counter(), 0, {}
-  if start >= config.num_steps and (workdir / "metrics.json").exists():  # a finished run, evaluated again
-    window = json.loads((workdir / "metrics.json").read_text()).get("train", {})
+  pending, window_start, t0 = [], start, time.perf_counter()
+  step = start
   with _SigtermFlag() as sigterm:
-    for step in range(start, config.num_steps):
-      state, metrics = train_fn(state, make_global_batch(next(batches), run.batch_sharding))
+    while step < config.num_steps and not stopped:
+      if batch is None:
+        batch = run.global_batch(next(batches))
+      state, metrics = step_fn(state, batch)
+      batch = None
       pending.append(metrics)
       bar.update(1)
-      done = step + 1
-      if step == start:  # the first step includes compilation: time the window from its end
-        jax.block_until_ready(metrics)
-        t0, timed_from = time.perf_counter(), len(pending)
-      if done % config.log_every == 0 or done == config.num_steps:
+      step += 1
+      if step % config.log_every == 0 or step == config.num_steps:
         window = _pull(pending)
         if not np.isfinite(window["loss"]):
-          raise FloatingPointError(
-              f"loss is {window['loss']} in steps {window_start + 1}..{done}; stopping. Lower the "
+          raise NonFiniteLossError(
+              f"loss is {window['loss']} in steps {window_start + 1}..{step}; stopping. Lower the "
               "learning rate, enable clipping (optimizer.clip_norm), or check the data."
           )
-        timed = len(pending) - timed_from
-        rate = timed / max(time.perf_counter() - t0, 1e-9) if timed else None
-        log.write(step=done, split="train", steps_per_s=rate,
-                  examples_per_s=rate and rate * config.batch_size, **window)
+        rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
+        rates = {"steps_per_s": rate, "examples_per_s": rate * config.batch_size}
+        writer.write(step, "train", {**window, **rates})
         shown = ("loss", "accuracy", "token_accuracy")
         bar.set_postfix({k: f"{window[k]:.4f}" for k in shown if k in window})
-        pending, window_start, t0, timed_from = [], done, time.perf_counter(), 0
-      if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
-        result = run.evaluate(state.params, config.data.eval_split, eval_fn)
-        log.write(step=done, split=config.data.eval_split, **result)
-        if is_main:
-          bar.write(f"step {done}: {config.data.eval_split} " + _fmt(result))
-        _write_grid(run, state.params, done, bar.write if is_main else None)
-      run.checkpointer.save(done, state)
+        pending, window_start, t0 = [], step, time.perf_counter()
+      best_metrics = None
+      due = evaluation.due(step) if step != config.num_steps else []
+      if due:
+        results = evaluation.evaluate(due, state, step, bar.write if is_main else None)
+        state, best_metrics = evaluation.feed_back(state, results, step)
+        stopped = evaluation.should_stop()
+        t0 = time.perf_counter()
+      if step != config.num_steps:
+        run.checkpointer.save(step, state, metrics=best_metrics, force=stopped)
       if sigterm.raised:
-        run.checkpointer.save(done, state, force=True)
+        run.checkpointer.save(step, state, force=True)
         bar.close()
-        say(f"mmjax: SIGTERM at step {done}; checkpoint saved. Re-run the same command to resume.")
-        raise Interrupted(done)
+        say(f"mmjax: SIGTERM at step {step}; checkpoint saved. Re-run the same command to resume.")
+        raise Interrupted(step)
   bar.close()
   final_step = int(jax.device_get(state.step))
-  run.checkpointer.save(final_step, state, force=True)
+  if stopped:
+    best = evaluation.best
+    say(f"mmjax: early stopping at step {final_step}: {best.metric} has not improved for {best.since} "
+        f"evaluations (best {best.value:.4f} at step {best.step})")
   final = {"step": final_step, "model": config.model.name, "num_params": count_params(state.params),
            "train": window}
-  for split in dict.fromkeys(s for s in (config.data.eval_split, config.data.test_split) if s):
-    final[split] = run.evaluate(state.params, split, eval_fn)
-    log.write(step=final_step, split=split, **final[split])
-    say(f"mmjax: final {split}: " + _fmt(final[split]))
-  _write_grid(run, state.params, final_step, say)
+  results = evaluation.evaluate(list(evaluation.evaluators), state, final_step)
+  final.update(results)
+  state, best_metrics = evaluation.feed_back(state, results, final_step)
+  run.checkpointer.save(final_step, state, metrics=best_metrics, force=True)
+  run.checkpointer.wait()
+  if evaluation.best is not None:
+    final["best"] = _best_block(run, evaluation, final_step, results, say)
+  if stopped:
+    final["stopped_early"] = True
   if is_main:
-    (workdir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    write_json(workdir / "metrics.json", final)
   return final
 
 
-def _write_grid(run: Run, params, step: int, echo) -> None:
-  """The sample grid of this evaluation (``config.generation.grid``), if the config asks for one."""
-  if run.generation is None or run.generation.grid_pair is None:
-    return
-  split = run.config.data.eval_split
-  path = run.generation.write_grid(params, split, run.generation.grid_path(run.workdir, step))
-  if echo is not None:
-    echo(f"mmjax: samples {'->'.join(run.generation.grid_pair)} ({split}) written to {path}")
+def _best_block(run, evaluation, final_step, final_results, say) -> dict:
+  """The best checkpoint's step, metric value and every evaluator's results on it."""
+  step = run.checkpointer.best_step()
+  block = {"step": step, "metric": evaluation.best.metric, "value": evaluation.best.value}
+  if step is None:
+    return block
+  if step == final_step:
+    return {**block, **final_results}
+  best_state = run.restore(step)
+  say(f"mmjax: evaluating the best checkpoint (step {step}, {evaluation.best.metric} "
+      f"{evaluation.best.value:.4f})")
+  evaluation.writer = _NullWriter()  # the best checkpoint's results go to metrics.json, not the curves
+  return {**block, **evaluation.evaluate(list(evaluation.evaluators), best_state, step, tag="best-")}
 
 
-def evaluate_checkpoint(config, workdir, split: str, step: int | None = None) -> dict:
-  """Evaluates the checkpoint at ``step`` (default: latest) of ``workdir`` on ``split``."""
-  run = build_run(config, workdir)
-  state = run.restore_or_init(step, require=True)
-  result = run.evaluate(state.params, split)
-  run.checkpointer.close()
-  return {"step": int(jax.device_get(state.step)), split: result}
-
-
-def _fmt(metrics: dict) -> str:
-  return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+def evaluate_checkpoint(config, workdir, split: str, step=None) -> dict:
+  """Evaluates the checkpoint at ``step`` (a number, ``None``/``"latest"`` or ``"best"``) of ``workdir``
+  with the task's metrics on ``split``; returns ``{"step": s, split: metrics}``. Writes nothing."""
+  run, state = restore_run(workdir, step, config=config)
+  evaluator = evaluator_registry.get("split_metrics")(run, split=split, confusion=False)
+  result = evaluator.evaluate(state.params, step=int(jax.device_get(state.step)), name=split)
+  return {"step": int(jax.device_get(state.step)), split: result.metrics}

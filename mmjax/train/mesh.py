@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax.errors import UserError
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES = (
@@ -48,7 +50,7 @@ def maybe_initialize_distributed(
   if coordinator_address is None:
     return
   if num_processes is None or process_id is None:
-    raise ValueError(
+    raise UserError(
         "a multi-process run needs the coordinator address, the number of processes and this process's id"
     )
   if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":

@@ -10,12 +10,8 @@ differs); the optimizer state is rebuilt for the grafted parameters.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mmjax.train.checkpoint import CheckpointError
@@ -82,19 +78,9 @@ def _match(pretrained, like):
 def load_run_params(workdir, step: int | None = None):
   """Parameters (host numpy) of the checkpoint at ``step`` (default: latest) of the mmjax run in ``workdir``,
   whose ``config.json`` says how to build it."""
-  from mmjax.config import validate
-  from mmjax.train.loop import build_run  # the loop imports this module
+  from mmjax.train.run import restore_run  # the run imports this module
 
-  path = Path(workdir)
-  if not (path / "config.json").is_file():
-    raise FileNotFoundError(f"no mmjax run in {str(path)!r} (no config.json) to take parameters from")
-  cfg = validate(ml_collections.ConfigDict(json.loads((path / "config.json").read_text())))
-  cfg.init.workdir = cfg.init.hf_gpt2 = ""  # its own pretrained source is not needed to restore it
-  run = build_run(cfg, path, jax.local_devices()[:1])
-  try:
-    state = run.restore_or_init(step, require=True)
-  finally:
-    run.checkpointer.close()
+  _, state = restore_run(workdir, step, devices=jax.local_devices()[:1])
   return jax.device_get(state.params)
 
 

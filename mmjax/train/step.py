@@ -7,31 +7,77 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from mmjax.train.mesh import replicated
+from mmjax.train.mesh import BATCH_AXES, replicated
+from mmjax.train.optim import Optimizer
 from mmjax.train.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, task):
-  """One optimizer step. Returns the new state and scalar metrics (loss, task metrics, norms).
+def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
+  """``[B, ...]`` leaves -> ``[k, B / k, ...]``: micro-batch ``j`` holds rows ``j, j + k, j + 2k, ...``, so
+  each device keeps its rows of every micro-batch (the batch is split over the data axes in contiguous
+  blocks) and nothing moves between devices."""
+  def split(x):
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, BATCH_AXES)))
+    return x
+
+  return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, task, accum_steps: int = 1,
+               mesh=None):
+  """One optimizer update. Returns the new state and scalar metrics (loss, task metrics, the learning
+  rate, gradient/parameter/update norms).
 
   The step's key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same randomness. Models
   draw from two named streams: ``dropout`` (that key) and ``latent`` (sampling in generative models,
-  ``fold_in(key, 1)``).
+  ``fold_in(key, 1)``). With ``accum_steps = k > 1`` the batch is split into ``k`` equal micro-batches
+  (``lax.scan``; micro-batch ``j`` draws from ``fold_in(key, 2 + j)``), their gradients and metrics are
+  averaged and one update is applied, so the learning-rate schedule counts updates and ``k`` micro-batches
+  give the update of one batch ``k`` times larger (exactly for per-example mean losses).
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  rngs = {"dropout": rng, "latent": jax.random.fold_in(rng, 1)}
 
-  def loss_fn(params):
-    outputs, aux = model.apply({"params": params}, batch, train=True, rngs=rngs)
-    return task.loss(outputs, aux, batch)
+  def loss_fn(params, data, key):
+    rngs = {"dropout": key, "latent": jax.random.fold_in(key, 1)}
+    outputs, aux = model.apply({"params": params}, data, train=True, rngs=rngs)
+    return task.loss(outputs, aux, data)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, metrics), grads = grad_fn(state.params, batch, rng)
+  else:
+    def micro_step(carry, xs):
+      j, micro = xs
+      (loss, metrics), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, 2 + j))
+      return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
+
+    (_, metrics0), grads0 = jax.eval_shape(grad_fn, state.params, jax.tree_util.tree_map(
+        lambda x: x[:x.shape[0] // accum_steps], batch), rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   (jax.ShapeDtypeStruct((), jnp.float32), metrics0, grads0))
+    total, _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum_steps), _micro_batches(batch, accum_steps,
+                                                                                        mesh)))
+    loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, total)
+  updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
+  lr = optimizer.schedule(state.step)
+  if state.plateau is not None:  # ReduceLROnPlateau: a scale on the update, set at evaluations
+    updates = jax.tree_util.tree_map(lambda u: u * state.plateau.scale.astype(u.dtype), updates)
+    lr = lr * state.plateau.scale
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  ema = state.ema_params
+  if ema is not None:
+    d = optimizer.ema_decay
+    ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+  metrics = dict(metrics, loss=loss, learning_rate=jnp.asarray(lr, jnp.float32),
+                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 update_norm=optax.global_norm(updates))
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+  return new, metrics
 
 
 def eval_step(params, batch: dict, *, model, task):
@@ -48,10 +94,11 @@ def eval_step(params, batch: dict, *, model, task):
   return task.eval_sums(outputs, aux, batch), per_example
 
 
-def jit_train_step(model, tx, task, state_shardings, batch_shardings, mesh):
+def jit_train_step(model, optimizer, task, state_shardings, batch_shardings, mesh, accum_steps: int = 1):
   """``train_step`` jitted with explicit in/out shardings and the state donated."""
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, task=task),
+      functools.partial(train_step, model=model, optimizer=optimizer, task=task, accum_steps=accum_steps,
+                        mesh=mesh),
       in_shardings=(state_shardings, batch_shardings),
       out_shardings=(state_shardings, replicated(mesh)),
       donate_argnums=(0,),
@@ -65,6 +112,11 @@ def jit_eval_step(model, task, params_shardings, batch_shardings, mesh):
       in_shardings=(params_shardings, batch_shardings),
       out_shardings=replicated(mesh),
   )
+
+
+def jit_plateau_update(optimizer: Optimizer, sharding):
+  """``(plateau_state, value) -> plateau_state`` jitted (one evaluation of the watched metric)."""
+  return jax.jit(optimizer.plateau_update, out_shardings=sharding)
 
 
 def sum_metrics(a: dict | None, b: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Cross-modal generation with the generative models (MFM, MVAE, MMVAE): coherence and sample grids.
+"""``cross_modal``: cross-modal coherence and sample grids of the generative models (MFM, MVAE, MMVAE).
 
 A generative model exposes ``predict_missing(batch, observed) -> (outputs, {m: reconstruction})``: every
 modality reconstructed from the ``observed`` ones alone (MFM through its surrogate inference, MVAE through
@@ -6,34 +6,35 @@ the product of the observed experts, MMVAE through their mixture). On top of it:
 
 * **Cross-modal coherence** (Shi et al., NeurIPS 2019, sec. 4): generate modality B from modality A alone,
   classify the generated B with a separately trained *unimodal* classifier of B, and count how often it
-  finds the true label: ``coherence/A->B``. Beside it, ``classifier/B`` is that classifier's accuracy on the
+  finds the true label: metric ``A->B``. Beside it, ``classifier/B`` is that classifier's accuracy on the
   real B (the ceiling). A classifier is an ordinary mmjax run of a one-modality model (e.g.
-  ``configs/late_fusion_digits.py:image``), named by its workdir in ``generation.classifiers``.
-* **Sample grids**: a PNG per evaluation (and ``mmjax sample``) showing, for a few examples of each class
-  (columns, sorted by label), the real source (when it can be drawn), the real target and the target
-  generated from the source. Images are drawn as they are (values in [0, 1]); feature sequences
-  ``[T, F]`` as spectrogram-like tiles (features up, time right, cut to the real length), scaled by the
-  real tile's range so real and generated share one scale. Token modalities cannot be drawn.
+  ``configs/late_fusion_digits.py:image``), named by its workdir.
+* **Sample grids**: a PNG per evaluation (``<workdir>/samples``, and the TensorBoard image
+  ``NAME/samples``; ``mmjax sample`` draws one from any checkpoint) showing, for a few examples of each
+  class (columns, sorted by label), the real source (when it can be drawn), the real target and the target
+  generated from the source. Images are drawn as they are (values in [0, 1]); feature sequences ``[T, F]``
+  as spectrogram-like tiles (features up, time right, cut to the real length), scaled by the real tile's
+  range so real and generated share one scale. Token modalities cannot be drawn.
 
-Config (``config.generation``): ``coherence = "audio->image,text->image"``, ``classifiers = {"image":
-WORKDIR, ...}`` (one per target), ``grid = "audio->image"``, ``grid_per_class``.
+kwargs: ``split`` (default ``data.eval_split``), ``pairs = "audio->image,text->image"`` (coherence),
+``classifiers = {"image": WORKDIR, ...}`` (one per target of ``pairs``), ``grid = "audio->image"`` (one
+pair, or "" for none), ``grid_per_class`` (default 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from mmjax.config import ConfigError, validate
 from mmjax.data import pipeline
+from mmjax.errors import ConfigError, UserError
+from mmjax.evaluators import Result, register
 
 PAIR_SEP = "->"
 
@@ -46,7 +47,7 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
       continue
     src, sep, tgt = part.partition(PAIR_SEP)
     if not sep or not src.strip() or not tgt.strip() or src.strip() == tgt.strip():
-      raise ConfigError(f"bad generation pair {part!r}: write SOURCE->TARGET with two different modalities")
+      raise ConfigError(f"bad cross_modal pair {part!r}: write SOURCE->TARGET with two different modalities")
     pairs.append((src.strip(), tgt.strip()))
   return pairs
 
@@ -77,63 +78,61 @@ class Classifier:
     return outputs
 
 
-def load_classifier(workdir, modality: str, devices=None) -> Classifier:
-  """The latest checkpoint of the unimodal classifier trained in ``workdir`` (its ``config.json`` says
-  what it is); a clear error when there is none or when it reads other modalities."""
-  from mmjax.train.loop import build_run  # the loop imports this module
-
-  path = Path(workdir)
+def load_classifier(run, workdir, modality: str) -> Classifier:
+  """The latest checkpoint of the unimodal classifier trained in ``workdir`` (restored on ``run``'s
+  devices); a clear error when there is none or when it reads other modalities."""
   hint = (f"train one with `mmjax train --config configs/late_fusion_digits.py:{modality} --workdir "
-          f"{workdir}` (or the equivalent for your data), or drop {modality!r} targets from "
-          "generation.coherence")
-  if not (path / "config.json").is_file():
-    raise FileNotFoundError(f"no trained {modality} classifier in {str(path)!r} (no config.json): {hint}")
-  cfg = validate(ml_collections.ConfigDict(json.loads((path / "config.json").read_text())))
-  reads = tuple(cfg.model.kwargs.get("modalities", ()))
-  if reads != (modality,):
-    raise ConfigError(f"the classifier in {str(path)!r} reads modalities {reads}, not only {modality!r}; "
-                      "coherence needs a unimodal classifier")
-  run = build_run(cfg, path, devices)
+          f"{workdir}` (or the equivalent for your data), or drop {modality!r} targets from the evaluator's "
+          "pairs")
+  if not (Path(workdir) / "config.json").is_file():
+    raise ConfigError(f"no trained {modality} classifier in {str(workdir)!r} (no config.json): {hint}")
   try:
-    state = run.restore_or_init(require=True)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"the {modality} classifier in {str(path)!r} has no checkpoint: {hint}") from None
-  finally:
-    run.checkpointer.close()
-  return Classifier(modality, run.model, state.params, str(path))
+    other, state = run.open_run(workdir)
+  except UserError as e:
+    raise ConfigError(f"the {modality} classifier in {str(workdir)!r} cannot be restored ({e}): {hint}"
+                      ) from None
+  reads = tuple(other.config.model.kwargs.get("modalities", ()))
+  if reads != (modality,):
+    raise ConfigError(f"the classifier in {str(workdir)!r} reads modalities {reads}, not only {modality!r}; "
+                      "coherence needs a unimodal classifier")
+  return Classifier(modality, other.model, state.params, str(workdir))
 
 
+@register("cross_modal")
 class CrossModal:
-  """Coherence and sample grids of one run, as ``run.config.generation`` asks.
+  """Coherence (``pairs``, scored by ``classifiers``) and sample grids (``grid``) on ``split``; see the
+  module docstring. ``load_classifiers=False`` skips the classifiers (grids only, as ``mmjax sample``)."""
 
-  ``load_classifiers=False`` skips the classifiers (grids only, e.g. for ``mmjax sample``).
-  """
-
-  def __init__(self, run, *, load_classifiers: bool = True, label_key: str = "label"):
-    gen = run.config.generation
-    self.run, self.label_key = run, label_key
-    self.pairs = parse_pairs(gen.coherence)
-    grid = parse_pairs(gen.grid)
-    if len(grid) > 1:
-      raise ConfigError(f"generation.grid names one pair (SOURCE->TARGET); got {gen.grid!r}")
-    self.grid_pair = grid[0] if grid else None
+  def __init__(self, run, split: str = "", pairs: str = "", classifiers=None, grid: str = "",
+               grid_per_class: int = 2, label_key: str | None = None, load_classifiers: bool = True):
+    self.run = run
+    self.split = split or run.config.data.eval_split
+    self.label_key = label_key or getattr(run.task, "label_key", "label")
+    self.pairs = parse_pairs(pairs)
+    grid_pairs = parse_pairs(grid)
+    if len(grid_pairs) > 1:
+      raise ConfigError(f"a cross_modal grid names one pair (SOURCE->TARGET); got {grid!r}")
+    self.grid_pair = grid_pairs[0] if grid_pairs else None
+    if grid_per_class < 1:
+      raise ConfigError(f"cross_modal grid_per_class must be >= 1; got {grid_per_class}")
+    self.grid_per_class = grid_per_class
     modalities = tuple(getattr(run.model, "modalities", ()))
     if not hasattr(run.model, "predict_missing"):
       raise ConfigError(f"model {run.config.model.name!r} cannot generate one modality from another "
-                        "(it has no predict_missing); clear the generation section")
-    for src, tgt in self.pairs + grid:
+                        "(it has no predict_missing); remove the cross_modal evaluator")
+    for src, tgt in self.pairs + grid_pairs:
       for m in (src, tgt):
         if m not in modalities:
-          raise ConfigError(f"generation pair {src}{PAIR_SEP}{tgt}: the model has no modality {m!r} "
+          raise ConfigError(f"cross_modal pair {src}{PAIR_SEP}{tgt}: the model has no modality {m!r} "
                             f"(it has {modalities})")
+    classifiers = dict(classifiers or {})
     self.classifiers = {}
     if load_classifiers:
-      devices = list(run.mesh.devices.flat)
       for tgt in dict.fromkeys(t for _, t in self.pairs):
-        if tgt not in gen.classifiers:
-          raise ConfigError(f"coherence to {tgt!r} needs generation.classifiers.{tgt} (the workdir of a "
-                            "trained unimodal classifier)")
-        self.classifiers[tgt] = load_classifier(gen.classifiers[tgt], tgt, devices)
+        if tgt not in classifiers:
+          raise ConfigError(f"coherence to {tgt!r} needs kwargs.classifiers.{tgt} (the workdir of a trained "
+                            "unimodal classifier)")
+        self.classifiers[tgt] = load_classifier(run, classifiers[tgt], tgt)
     self._sums = jax.jit(self._coherence_sums)
     self._generate = jax.jit(self._generate_from, static_argnames="source")
 
@@ -155,34 +154,30 @@ class CrossModal:
       generated = self._generate_from(params, batch, src)
       for s, tgt in self.pairs:
         if s == src:
-          sums[f"coherence/{src}{PAIR_SEP}{tgt}"] = correct(tgt, as_input(generated[tgt], batch[tgt]))
+          sums[f"{src}{PAIR_SEP}{tgt}"] = correct(tgt, as_input(generated[tgt], batch[tgt]))
     return sums
 
-  def coherence(self, params, split: str) -> dict:
-    """``{"coherence/A->B": accuracy, "classifier/B": accuracy}`` over every example of ``split``."""
+  def coherence(self, params, split: str | None = None) -> dict:
+    """``{"A->B": accuracy, "classifier/B": accuracy}`` over every example of ``split``."""
     if not self.pairs:
       return {}
-    from mmjax.train.loop import make_global_batch
-
-    cfg = self.run.config
     classifier_params = {t: c.params for t, c in self.classifiers.items()}
     total = None
-    for local in pipeline.eval_batches(cfg.data, split, global_batch_size=cfg.eval_batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
-      sums = self._sums(params, classifier_params, make_global_batch(local, self.run.batch_sharding))
+    for batch in self.run.eval_batches(split or self.split):
+      sums = self._sums(params, classifier_params, batch)
       total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
     total = jax.device_get(total)
     count = max(float(total.pop("count")), 1.0)
     return {k: float(v) / count for k, v in total.items()}
 
-  def grid(self, params, split: str, per_class: int | None = None):
-    """Rows of tiles (real source if drawable, real target, generated target) for the grid examples."""
+  def grid(self, params, split: str | None = None, per_class: int | None = None):
+    """Rows of tiles (real source if drawable, real target, generated target) for the grid examples, and
+    their labels."""
     if self.grid_pair is None:
-      raise ConfigError("no grid pair: set generation.grid (e.g. 'audio->image')")
+      raise ConfigError("no grid pair: set the cross_modal evaluator's grid (e.g. 'audio->image')")
     src, tgt = self.grid_pair
-    per_class = self.run.config.generation.grid_per_class if per_class is None else per_class
-    batch = grid_examples(self.run.config.data, split, per_class, self.label_key)
+    per_class = self.grid_per_class if per_class is None else per_class
+    batch = grid_examples(self.run.config.data, split or self.split, per_class, self.label_key)
     if np.issubdtype(batch[tgt].dtype, np.integer):
       raise ConfigError(f"cannot draw {tgt!r}: it is a token modality (grids draw images and feature "
                         "sequences)")
@@ -200,19 +195,28 @@ class CrossModal:
       fake.append(tile(generated[i], kind[tgt], mask[tgt][i], scale)[0])
     return rows + [real, fake], batch[self.label_key]
 
-  def write_grid(self, params, split: str, path, per_class: int | None = None) -> Path:
-    """Writes the grid of :meth:`grid` as a PNG at ``path`` (process 0 only); returns the path."""
+  def write_grid(self, params, path, split: str | None = None, per_class: int | None = None) -> np.ndarray:
+    """Writes the grid of :meth:`grid` as a PNG at ``path`` (process 0 only); returns the image."""
     rows, _ = self.grid(params, split, per_class)
-    path = Path(path)
+    image = render(rows)
     if jax.process_index() == 0:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      write_png(rows, path)
-    return path
+      save_png(image, path)
+    return image
 
-  def grid_path(self, workdir, step: int, split: str | None = None) -> Path:
+  def grid_path(self, step: int, name: str = "") -> Path:
+    """``<workdir>/samples/SRC-to-TGT[-NAME]-stepN.png``."""
     src, tgt = self.grid_pair
-    tag = f"-{split}" if split else ""
-    return Path(workdir) / "samples" / f"{src}-to-{tgt}{tag}-step{step:06d}.png"
+    tag = f"-{name}" if name else ""
+    return self.run.workdir / "samples" / f"{src}-to-{tgt}{tag}-step{step:06d}.png"
+
+  def evaluate(self, params, *, step: int, name: str) -> Result:
+    """Coherence on the split, and the grid's PNG (also returned as an image for TensorBoard)."""
+    result = Result(self.coherence(params))
+    if self.grid_pair is not None:
+      path = self.grid_path(step)
+      result.images[f"{name}/samples"] = self.write_grid(params, path)
+      result.files.append(path)
+    return result
 
 
 def grid_examples(data_cfg, split: str, per_class: int, label_key: str = "label", max_scan: int = 5000):
@@ -257,11 +261,9 @@ def tile(x, kind: str, mask=None, scale=None):
   return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0), (lo, hi)
 
 
-def write_png(rows, path, *, min_height: int = 32, gap: int = 2, background: int = 48) -> None:
-  """Writes rows of 2-D tiles in [0, 1] as one grayscale PNG. Small tiles are enlarged by an integer
+def render(rows, *, min_height: int = 32, gap: int = 2, background: int = 48) -> np.ndarray:
+  """Rows of 2-D tiles in [0, 1] as one grayscale ``uint8`` image. Small tiles are enlarged by an integer
   factor (nearest neighbour) to at least ``min_height`` pixels; columns share their widest tile's width."""
-  from PIL import Image
-
   zoomed = []
   for row in rows:
     h = max(t.shape[0] for t in row)
@@ -279,25 +281,31 @@ def write_png(rows, path, *, min_height: int = 32, gap: int = 2, background: int
       canvas[y:y + t.shape[0], x:x + t.shape[1]] = np.round(t * 255).astype(np.uint8)
       x += widths[c] + gap
     y += heights[r] + gap
-  Image.fromarray(canvas).save(path)  # uint8 2-D: grayscale
+  return canvas
 
 
-def sample(config, workdir, source: str, target: str, *, split: str | None = None, step: int | None = None,
-           per_class: int | None = None, out=None) -> Path:
-  """``mmjax sample``: the grid of ``target`` generated from ``source`` by the checkpoint at ``step``
-  (default: latest) of ``workdir``, on ``split`` (default: the config's test split), written as a PNG to
-  ``out`` (default: ``<workdir>/samples/SOURCE-to-TARGET-SPLIT-stepN.png``). Returns the path."""
-  from mmjax.train.loop import build_run
+def save_png(image: np.ndarray, path) -> Path:
+  """Writes a ``uint8`` image (``[H, W]`` grayscale or ``[H, W, 3]``) as a PNG, creating the folder."""
+  from PIL import Image
 
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.generation.grid = f"{source}{PAIR_SEP}{target}"
-  config.generation.coherence = ""  # no classifiers needed to draw
-  run = build_run(config, workdir)
-  try:
-    state = run.restore_or_init(step, require=True)
-  finally:
-    run.checkpointer.close()
-  split = split or config.data.test_split or config.data.eval_split
-  done = int(jax.device_get(state.step))
-  path = out or run.generation.grid_path(workdir, done, split)
-  return run.generation.write_grid(state.params, split, path, per_class)
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(image).save(path)
+  return path
+
+
+def write_png(rows, path, **kwargs) -> None:
+  """Writes rows of 2-D tiles in [0, 1] as one grayscale PNG (:func:`render`, then :func:`save_png`)."""
+  save_png(render(rows, **kwargs), path)
+
+
+def sample(run, params, source: str, target: str, *, split: str, step: int, per_class: int = 2,
+           out=None) -> Path:
+  """``mmjax sample``: the grid of ``target`` generated from ``source`` by ``params`` (a checkpoint of
+  ``run`` at ``step``) on ``split``, written as a PNG to ``out`` (default:
+  ``<workdir>/samples/SOURCE-to-TARGET-SPLIT-stepN.png``). Returns the path."""
+  grids = CrossModal(run, split=split, grid=f"{source}{PAIR_SEP}{target}", grid_per_class=per_class,
+                     load_classifiers=False)
+  path = Path(out) if out else grids.grid_path(step, split)
+  grids.write_grid(params, path)
+  return path
