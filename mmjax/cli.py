@@ -9,6 +9,10 @@ speech by a generative model's checkpoint (:mod:`mmjax.generation`).
 ``mmjax bench attention [ARGS...]`` and ``mmjax bench train_step [ARGS...]`` run the benchmarks of
 :mod:`mmjax.bench` with the remaining arguments passed on unchanged (``train_step`` takes ``--config.*``
 overrides too); results go to ``benchmarks/results`` under the current directory unless ``--out`` is given.
+
+``mmjax sweep --config C --seeds 0,1,2 --workdir W [--config.a.b=v ...]`` trains C once per seed and writes
+``W/summary.json`` and ``W/summary.md`` (:mod:`mmjax.sweep`); ``mmjax plot WORKDIR [WORKDIR ...] [--out DIR]``
+draws PNG figures of runs (:mod:`mmjax.plot`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,23 @@ def _parser() -> argparse.ArgumentParser:
                        "paper; the checkpoint is unchanged)")
   fs.add_argument("--text_repeats", type=int, default=2,
                   help="a language model alone: each image of an episode is its class name this many times")
+
+  sw = sub.add_parser("sweep", help="train one config with several seeds; summary.json/.md of mean ± std",
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="example:\n  mmjax sweep --config configs/late_fusion_digits.py --seeds 0,1,2 "
+                             "--workdir runs/sweeps/late_fusion --config.num_steps=600\n"
+                             "Each seed trains in WORKDIR/seed_<s> (run again to resume a killed sweep).")
+  sw.add_argument("--config", required=True, help="config file, optionally FILE:ARG")
+  sw.add_argument("--seeds", required=True, help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4")
+  sw.add_argument("--workdir", required=True, help="sweep directory: seed_<s>/, summary.json/.md")
+
+  plot = sub.add_parser("plot", help="PNG figures of runs: metric curves overlaid, confusion matrices",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  mmjax plot runs/demo   # writes runs/demo/plots/*.png\n"
+                               "  mmjax plot runs/sweeps/lf/seed_* --out runs/plots/lf")
+  plot.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories (--workdir of train)")
+  plot.add_argument("--out", default=None, metavar="DIR",
+                    help="output folder (default WORKDIR/plots; required for several)")
 
   data = sub.add_parser("data", help="dataset commands")
   data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -135,7 +156,7 @@ def main(argv=None) -> int:
       return 2
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
-  if overrides and args.command not in ("train", "eval", "sample", "fewshot"):
+  if overrides and args.command not in ("train", "eval", "sample", "fewshot", "sweep"):
     raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample, not {args.command}")
 
   from mmjax.config import ConfigError, get_config
@@ -143,6 +164,9 @@ def main(argv=None) -> int:
   from mmjax.train import BatchError, CheckpointError
 
   try:
+    if args.command in ("plot", "sweep"):
+      return _plot_or_sweep(args, overrides)
+
     if args.command == "data":
       from mmjax.data import pipeline
 
@@ -181,5 +205,25 @@ def main(argv=None) -> int:
       print(json.dumps(result, indent=2))
     return 0
   except (ConfigError, DatasetError, CheckpointError, BatchError, FileNotFoundError) as e:
+    print(f"mmjax: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _plot_or_sweep(args, overrides) -> int:
+  """``mmjax plot`` and ``mmjax sweep``; their own errors (``ValueError`` subclasses) exit 2."""
+  from mmjax.plot import PlotError
+  from mmjax.sweep import SweepError
+
+  try:
+    if args.command == "plot":
+      from mmjax.plot import plot_runs
+
+      plot_runs(args.workdirs, args.out)
+    else:
+      from mmjax.sweep import parse_seeds, run_sweep
+
+      run_sweep(args.config, overrides, parse_seeds(args.seeds), args.workdir)
+    return 0
+  except (PlotError, SweepError) as e:
     print(f"mmjax: error: {e}", file=sys.stderr)
     return 2
