@@ -63,11 +63,10 @@ def generative(model: str, arg=None, **model_kwargs):
                     **model_kwargs}
   c.task.name = "vae"
   pairs = "audio->image,text->image,image->audio"
+  scored = {"pairs": pairs, "classifiers": dict(CLASSIFIERS)}
   c.evaluators.coherence = {"name": "cross_modal", "every": c.eval_every,
-                            "kwargs": {"split": "validation", "pairs": pairs, "classifiers": dict(CLASSIFIERS),
-                                       "grid": "audio->image"}}
-  c.evaluators.test_coherence = {"name": "cross_modal", "every": 0,
-                                 "kwargs": {"split": "test", "pairs": pairs, "classifiers": dict(CLASSIFIERS)}}
+                            "kwargs": {"split": "validation", **scored, "grid": "audio->image"}}
+  c.evaluators.test_coherence = {"name": "cross_modal", "every": 0, "kwargs": {"split": "test", **scored}}
   c = apply_arg(c, arg)
   if "runlocal" in (arg or "").split(","):
     c.evaluators.coherence.every = c.eval_every

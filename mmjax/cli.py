@@ -1,4 +1,5 @@
-"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``fewshot``, ``data``, ``bench``.
+"""The ``mmjax`` command line: ``train``, ``eval``, ``sample``, ``fewshot``, ``sweep``, ``plot``, ``data``,
+``bench``.
 
 This is the user-error boundary: a :class:`mmjax.errors.UserError` (a bad config, path, dataset or
 checkpoint) is printed as one paragraph and exits with status 2, without a traceback (``--debug`` shows
@@ -10,6 +11,10 @@ Any ``--config.a.b=value`` overrides a config field; unknown fields are errors.
 ``mmjax bench attention [ARGS...]`` and ``mmjax bench train_step [ARGS...]`` run the benchmarks of
 :mod:`mmjax.bench` with the remaining arguments passed on unchanged (``train_step`` takes ``--config.*``
 overrides too); results go to ``benchmarks/results`` under the current directory unless ``--out`` is given.
+
+``mmjax sweep --config C --seeds 0,1,2 --workdir W [--config.a.b=v ...]`` trains C once per seed and writes
+``W/summary.json`` and ``W/summary.md`` (:mod:`mmjax.sweep`); ``mmjax plot WORKDIR [WORKDIR ...] [--out DIR]``
+draws PNG figures of runs (:mod:`mmjax.plot`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ EXAMPLES = {
     "sample": ("mmjax sample --config configs/mfm_digits.py --workdir runs/mfm --from audio --to image "
                "--per_class 2"),
     "fewshot": "mmjax fewshot --config configs/frozen_digits.py --workdir runs/frozen_digits --shots 0,1,5",
+    "sweep": ("mmjax sweep --config configs/late_fusion_digits.py --seeds 0,1,2 --workdir runs/sweeps/lf "
+              "--config.num_steps=600\n  (each seed trains in WORKDIR/seed_<s>; run again to resume a killed "
+              "sweep)"),
+    "plot": "mmjax plot runs/demo   # writes runs/demo/plots/*.png\n  mmjax plot runs/sweeps/lf/seed_* --out "
+            "runs/plots/lf",
     "data": "mmjax data list\n  mmjax data build cmu_mosei/unaligned --manual_dir ~/mult_data",
     "data build": ("mmjax data build digits_av\n  mmjax data build cmu_mosei/unaligned --manual_dir "
                    "~/mult_data"),
@@ -115,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
   fs.add_argument("--text_repeats", type=int, default=2,
                   help="a language model alone: each image of an episode is its class name this many times")
 
+  sw = _sub(sub, "sweep", "train one config with several seeds; summary.json/.md of mean ± std")
+  sw.add_argument("--config", required=True, help="config file, optionally FILE:ARG")
+  sw.add_argument("--seeds", required=True, help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4")
+  sw.add_argument("--workdir", required=True, help="sweep directory: seed_<s>/, summary.json/.md")
+
+  plot = _sub(sub, "plot", "PNG figures of runs: metric curves overlaid, confusion matrices")
+  plot.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories (--workdir of train)")
+  plot.add_argument("--out", default=None, metavar="DIR",
+                    help="output folder (default WORKDIR/plots; required for several)")
+
   data = _sub(sub, "data", "dataset commands: build, list")
   data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
   build = _sub(data_sub, "build", "prepare a dataset (array_record) for training", "data build")
@@ -196,9 +216,19 @@ def _main(argv) -> int:
     return _bench(argv[1:])
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
-  if overrides and args.command not in ("train", "eval", "sample", "fewshot"):
-    raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample/fewshot, not "
+  if overrides and args.command not in ("train", "eval", "sample", "fewshot", "sweep"):
+    raise SystemExit(f"mmjax: error: --config.* overrides apply to train/eval/sample/fewshot/sweep, not "
                      f"{args.command}")
+  if args.command == "plot":
+    from mmjax.plot import plot_runs
+
+    plot_runs(args.workdirs, args.out)
+    return 0
+  if args.command == "sweep":
+    from mmjax.sweep import parse_seeds, run_sweep
+
+    run_sweep(args.config, overrides, parse_seeds(args.seeds), args.workdir)
+    return 0
 
   from mmjax.config import get_config
 

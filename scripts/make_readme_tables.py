@@ -1,0 +1,184 @@
+"""Rewrites the results tables of README.md from the sweep summaries committed under ``results/``.
+
+Each table of :data:`TABLES` lives in the README between ``<!-- table:ID -->`` and ``<!-- /table:ID -->``
+(put the two markers where the table belongs; tables without markers are left alone). A row reads
+``results/<dataset>/<name>/summary.json``, the ``summary.json`` of ``mmjax sweep``; a cell is the mean ±
+the sample standard deviation over its seeds, and a footnote gives the number of seeds and the machine.
+
+    python scripts/make_readme_tables.py           # rewrite README.md
+    python scripts/make_readme_tables.py --check   # exit 1 if README.md is out of date (for CI)
+
+To add or refresh a row: ``mmjax sweep --config CONFIG --seeds 0,1,2 --workdir runs/sweeps/NAME``, copy
+``runs/sweeps/NAME/summary.json`` to ``results/<dataset>/NAME/summary.json``, commit it, run this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's mmjax, installed or not
+
+from mmjax.sweep import markdown_table, table_footnote  # noqa: E402
+
+# table id -> dataset (the folder under results/), leading headers ("model" and optionally "config"),
+# rows (result name, label, config as passed to `mmjax sweep --config`) and columns (metric path in
+# summary.json, header, cell format: "percent", "int" or "<k>f" for k decimals).
+TABLES = {
+    "digits_av": {
+        "dataset": "digits_av",
+        "lead": ("model", "config"),
+        "rows": [
+            ("late_fusion", "late fusion", "configs/late_fusion_digits.py"),
+            ("early_fusion", "early fusion", "configs/early_fusion_digits.py"),
+            ("late_fusion-image", "unimodal: image", "configs/late_fusion_digits.py:image"),
+            ("late_fusion-audio", "unimodal: audio", "configs/late_fusion_digits.py:audio"),
+            ("late_fusion-text", "unimodal: text", "configs/late_fusion_digits.py:text"),
+        ],
+        "columns": [
+            ("num_params", "params", "int"),
+            ("validation/accuracy", "validation acc.", "percent"),
+            ("test/accuracy", "test acc.", "percent"),
+        ],
+    },
+    "mult_digits_av": {
+        "dataset": "digits_av",
+        "lead": ("model", "config"),
+        "rows": [
+            ("mult", "MulT", "configs/mult_digits.py"),
+            ("late_fusion", "late fusion (for comparison)", "configs/late_fusion_digits.py"),
+        ],
+        "columns": [
+            ("num_params", "params", "int"),
+            ("validation/accuracy", "validation acc.", "percent"),
+            ("test/accuracy", "test acc.", "percent"),
+        ],
+    },
+    "generative_digits_av": {
+        "dataset": "digits_av",
+        "lead": ("model", "config"),
+        "rows": [
+            ("mfm", "MFM", "configs/mfm_digits.py"),
+            ("mvae", "MVAE", "configs/mvae_digits.py"),
+            ("mmvae", "MMVAE", "configs/mmvae_digits.py"),
+        ],
+        "columns": [
+            ("num_params", "params", "int"),
+            ("test/accuracy", "accuracy", "percent"),
+            ("test/recon_error/image", "recon. image", "3f"),
+            ("test/recon_error/audio", "recon. audio", "3f"),
+            ("test/recon_error/text", "recon. text", "3f"),
+            ("test/coherence/audio->image", "speech->image", "percent"),
+            ("test/coherence/text->image", "text->image", "percent"),
+            ("test/coherence/image->audio", "image->speech", "percent"),
+        ],
+    },
+}
+
+MARKER = re.compile(r"<!-- table:(?P<id>[\w.-]+) -->\n(?P<body>.*?)<!-- /table:(?P=id) -->", re.S)
+# Overrides that say where the data are, not what was trained: left out of the config cell.
+_PLACE_ONLY = ("data.data_dir=", "data.manual_dir=")
+
+
+class TableError(Exception):
+  """Missing or inconsistent results, or broken markers; the message says how to fix it."""
+
+
+def _config_matches(recorded: str, expected: str) -> bool:
+  recorded, expected = recorded.removeprefix("./"), expected.removeprefix("./")
+  return recorded == expected or recorded.endswith("/" + expected)
+
+
+def load_rows(table_id: str, spec: dict, results: Path) -> list[tuple[list[str], dict]]:
+  """``(leading cells, summary)`` per row of a table spec; every summary must exist and have been made
+  with the row's config."""
+  rows, missing = [], []
+  for name, label, config in spec["rows"]:
+    path = results / spec["dataset"] / name / "summary.json"
+    if not path.is_file():
+      missing.append(f"{path} (mmjax sweep --config {config} --seeds 0,1,2 --workdir runs/sweeps/{name}, "
+                     f"then copy its summary.json there)")
+      continue
+    try:
+      summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise TableError(f"{path} is not JSON ({e.msg}); copy the sweep's summary.json again") from None
+    if not _config_matches(str(summary.get("config", "")), config):
+      raise TableError(f"{path} was made with config {summary.get('config')!r}, but table {table_id!r} "
+                       f"labels it {config!r}: fix TABLES in {Path(__file__).name} or the results")
+    extra = [o for o in summary.get("overrides", ()) if not o.startswith(_PLACE_ONLY)]
+    cell = f"`{config}`" + (" " + " ".join(f"`{o}`" for o in extra) if extra else "")
+    rows.append(([label, cell][:len(spec["lead"])], summary))
+  if missing:
+    raise TableError(f"table {table_id!r} needs results that are not committed:\n  " + "\n  ".join(missing))
+  return rows
+
+
+def render(table_id: str, spec: dict, results: Path) -> str:
+  """The Markdown of one table: the table, then its footnote."""
+  rows = load_rows(table_id, spec, results)
+  table = markdown_table(rows, spec["columns"], lead=spec["lead"])
+  where = f"results/{spec['dataset']}/"
+  return (f"{table}\n\n{table_footnote([s for _, s in rows])} Generated by `scripts/make_readme_tables.py` "
+          f"from `{where}`; do not edit by hand.\n")
+
+
+def update(text: str, tables: dict, results: Path) -> tuple[str, list[str]]:
+  """``text`` with every marked table rewritten, and the ids rewritten. A marker naming no table of
+  ``tables``, or an unclosed marker, is an error."""
+  opened = re.findall(r"<!-- table:([\w.-]+) -->", text)
+  closed = {m.group("id") for m in MARKER.finditer(text)}
+  for table_id in opened:
+    if table_id not in closed:
+      raise TableError(f"<!-- table:{table_id} --> has no closing <!-- /table:{table_id} --> on a later line")
+    if table_id not in tables:
+      raise TableError(f"README marks a table {table_id!r} that TABLES does not define; known: "
+                       f"{', '.join(sorted(tables))}")
+  done = []
+
+  def replace(match: re.Match) -> str:
+    table_id = match.group("id")
+    done.append(table_id)
+    body = render(table_id, tables[table_id], results)
+    return f"<!-- table:{table_id} -->\n{body}<!-- /table:{table_id} -->"
+
+  return MARKER.sub(replace, text), done
+
+
+def main(argv=None, tables: dict | None = None) -> int:
+  """Rewrites (or with ``--check`` only compares) the README's tables; returns the exit status."""
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+  p.add_argument("--results", type=Path, default=ROOT / "results", help="folder of committed summaries")
+  p.add_argument("--check", action="store_true", help="change nothing; exit 1 if the README is out of date")
+  args = p.parse_args(argv)
+  tables = TABLES if tables is None else tables
+  text = args.readme.read_text()
+  try:
+    new, done = update(text, tables, args.results)
+  except TableError as e:
+    print(f"make_readme_tables: error: {e}", file=sys.stderr)
+    return 2
+  if not done:
+    print(f"make_readme_tables: no <!-- table:ID --> markers in {args.readme}; nothing to do")
+  if new == text:
+    print(f"make_readme_tables: {args.readme} is up to date ({len(done)} table(s))")
+    return 0
+  if args.check:
+    print(f"make_readme_tables: {args.readme} is out of date; run python scripts/make_readme_tables.py",
+          file=sys.stderr)
+    return 1
+  tmp = args.readme.with_name(f".{args.readme.name}.tmp-{os.getpid()}")
+  tmp.write_text(new)
+  os.replace(tmp, args.readme)
+  print(f"make_readme_tables: rewrote {', '.join(done)} in {args.readme}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
