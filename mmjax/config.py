@@ -282,6 +282,10 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
   parts = key.split(".")
   node = cfg
   for i, part in enumerate(parts[:-1]):
+    inside = ".".join(parts[:i])
+    if part not in node and any(inside == f or inside.startswith(f + ".") for f in ("evaluators",)):
+      with node.unlocked():  # a new evaluator (or a new section of one) named on the command line
+        node[part] = ml_collections.ConfigDict()
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
       raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}.{_suggest(part, node.keys())}")
     node = node[part]

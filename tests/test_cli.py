@@ -123,3 +123,34 @@ def test_console_script_is_installed():
   assert exe, "the `mmjax` console script is not on PATH; install the package with pip install -e ."
   result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([f"--config={CONFIGS / 'late_fusion_digits.py'}:smell"], "unknown config argument 'smell'"),
+    (["--config.optimizer.schedule=cosin"], "Valid names: constant, cosine, warmup_cosine, linear"),
+    (["--config.optimizer.name=lion"], "Valid names: adamw, adam, sgd"),
+    (["--config.task.name=foo"], "Valid names: classification, multilabel_binary, next_token"),
+    (["--config.evaluators.x.name=robustnes"], "Did you mean robustness"),
+    (["--config.num_steps=0"], "num_steps must be an integer >= 1"),
+    (["--config.log_every=0"], "log_every must be an integer >= 1"),
+    (["--config.checkpoint_every=-1"], "checkpoint_every must be an integer >= 0"),
+    (["--config.batch_size=0"], "batch_size must be an integer >= 1"),
+    (["--config.mesh.data=3"], "mesh"),
+    (["--config.best_metric=accuracy"], "EVALUATOR/METRIC"),
+    (["--config.early_stopping_patience=3"], "unless best_metric"),
+], ids=["variant", "schedule", "optimizer", "task", "evaluator", "num_steps", "log_every", "checkpoint_every",
+        "batch_size", "mesh", "best_metric", "early_stopping"])
+def test_bad_names_and_values_exit_2_listing_what_is_valid(args, expected, tmp_path, data_dir, capsys):
+  """In-process (the CLI's user-error boundary is `main`): exit status 2, one message naming the problem,
+  no traceback, and nothing written to the workdir."""
+  from mmjax.cli import main
+
+  config = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), CONFIG)
+  rest = [a for a in args if not a.startswith("--config=")]
+  workdir = tmp_path / "w"
+  code = main(["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+               *rest])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert expected in " ".join(err.split()) and err.startswith("mmjax: error:") and "Traceback" not in err, err
+  assert not workdir.exists()

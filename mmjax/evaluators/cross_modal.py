@@ -34,7 +34,7 @@ import numpy as np
 
 from mmjax.data import pipeline
 from mmjax.errors import ConfigError, UserError
-from mmjax.evaluators import Result, register
+from mmjax.evaluators.registry import Result, register
 
 PAIR_SEP = "->"
 

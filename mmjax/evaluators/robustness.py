@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.errors import ConfigError
-from mmjax.evaluators import Result, register
+from mmjax.evaluators.registry import Result, register
 from mmjax.evaluators.split_metrics import split_metrics
 from mmjax.files import write_json
 
@@ -178,7 +178,7 @@ def plot_curves(doc: dict, path, *, title: str = "") -> np.ndarray:
     ax.plot([drop_x], [doc["drop"][m][metric]], "x", color=color, markersize=9, markeredgewidth=2,
             label=f"{m} dropped")
   ax.axhline(doc["clean"][metric], color="gray", linewidth=0.8, linestyle=":")
-  ax.set_xlabel("noise level (x the modality's standard deviation; token swap probability)")
+  ax.set_xlabel("noise level (x modality s.d.; token swap prob.)")
   ax.set_ylabel(metric)
   ax.set_xticks(levels + [drop_x], [_level_name(s) for s in levels] + ["drop"])
   if title:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mmjax.evaluators import Result, register
+from mmjax.evaluators.registry import Result, register
 from mmjax.files import write_json
 
 

@@ -71,10 +71,13 @@ class Checkpointer:
     policies = [preservation.LatestN(n=keep)]
     best = {}
     if best_metric:
-      rank = lambda metrics: float(metrics[best_metric])  # noqa: E731
-      policies.append(preservation.BestN(get_metric_fn=rank, reverse=best_mode == "min", n=1,
+      # Larger ranks better; among equal values the earlier checkpoint wins (a later one is kept as best
+      # only when it strictly improves on it, as the loop's early-stopping count assumes).
+      sign = 1.0 if best_mode == "max" else -1.0
+      rank = lambda m: (sign * float(m[best_metric]), -int(m.get("step", 0)))  # noqa: E731
+      policies.append(preservation.BestN(get_metric_fn=rank, reverse=False, n=1,
                                          keep_checkpoints_without_metrics=False))
-      best = dict(best_fn=rank, best_mode=best_mode)
+      best = dict(best_fn=rank, best_mode="max")
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, **best)
     else:
@@ -140,6 +143,8 @@ class Checkpointer:
     due = force or metrics is not None or (self.save_every > 0 and step % self.save_every == 0)
     if not due or step in self._manager.all_steps():
       return False
+    if metrics is not None:
+      metrics = {**metrics, "step": int(step)}
     return self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.identity)),
