@@ -1,4 +1,5 @@
-"""Model contract: shapes, gradients, learning on a tiny batch, determinism, padding invariance."""
+"""Fusion baselines beyond the contract (tests/test_contract.py): learning on a tiny batch, padding
+invariance, unimodal inputs, clear errors, attention kernels."""
 
 import functools
 
@@ -43,23 +44,6 @@ def small(name, **kw):
 
 
 @pytest.mark.parametrize("name", ["late_fusion", "early_fusion"])
-def test_output_shapes_and_finite_gradients(name):
-  model = small(name)
-  batch = fake_batch()
-  variables = init(model, batch)
-  logits, aux = apply(model, variables, batch)
-  assert logits.shape == (B, 10) and aux["fused"].shape[0] == B
-
-  def loss(params):
-    out, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-    return optax.softmax_cross_entropy_with_integer_labels(out, batch["label"]).mean()
-
-  grads = jax.jit(jax.grad(loss))(variables["params"])
-  assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
-  assert any(np.abs(g).sum() > 0 for g in jax.tree_util.tree_leaves(grads))
-
-
-@pytest.mark.parametrize("name", ["late_fusion", "early_fusion"])
 def test_loss_decreases_on_a_tiny_batch(name):
   model = small(name, dropout=0.0)
   opt = Optimizer(tx=optax.adam(3e-3), schedule=optax.constant_schedule(3e-3))
@@ -88,17 +72,6 @@ def test_padding_invariance(name):
   padded["text_mask"] = np.concatenate([batch["text_mask"], np.zeros((B, 3), bool)], axis=1)
   out_padded, _ = apply(model, variables, padded)
   np.testing.assert_allclose(out_padded, out, atol=1e-5)
-
-
-def test_deterministic_init_and_dropout_under_fixed_seed():
-  model = small("late_fusion", dropout=0.5)
-  batch = fake_batch()
-  v1 = model.init(jax.random.PRNGKey(3), batch, train=False)
-  v2 = model.init(jax.random.PRNGKey(3), batch, train=False)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, v1, v2)
-  run = lambda key: model.apply(v1, batch, train=True, rngs={"dropout": key})[0]  # noqa: E731
-  np.testing.assert_array_equal(run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(0)))
-  assert not np.allclose(run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(1)))
 
 
 def test_unimodal_model_uses_only_its_modality():
