@@ -23,6 +23,26 @@ def base(arg=None):
   c.log_every = 50
   c.eval_every = 200
   c.checkpoint_every = 200
+  c.best_metric = "validation/loss"  # metrics.json["best"]: the checkpoint with the lowest validation loss
+  c.best_mode = "min"
+  return c
+
+
+def with_robustness(c):
+  """Adds the ``robustness`` evaluator: the test accuracy as each modality is dropped or noised, at the
+  end of training (``<workdir>/robustness/``)."""
+  c.evaluators.robustness = {"name": "robustness", "every": 0, "kwargs": {"split": "test"}}
+  return c
+
+
+def shrink(c):
+  """``runlocal``: a few steps of a narrow model, no progress bar, no best checkpoint, no robustness."""
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 4, 3
+  c.batch_size, c.eval_batch_size = 8, 64
+  c.progress = False
+  c.best_metric = ""
+  if "robustness" in c.evaluators:
+    del c.evaluators["robustness"]
   return c
 
 
@@ -32,10 +52,8 @@ def apply_arg(c, arg):
     if part in MODALITIES:
       c.model.kwargs.modalities = (part,)
     elif part == "runlocal":
-      c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 4, 3
-      c.batch_size, c.eval_batch_size = 8, 64
+      shrink(c)
       c.model.kwargs.width = 16
-      c.progress = False
     elif part:
       raise ValueError(f"unknown config argument {part!r}; use one of {MODALITIES} or 'runlocal'")
   return c

@@ -4,7 +4,7 @@
 shrinks the run to a few seconds.
 """
 
-from digits_common import MODALITIES, VOCAB_SIZE, apply_arg, base
+from digits_common import MODALITIES, VOCAB_SIZE, apply_arg, base, with_robustness
 
 
 def get_config(arg=None):
@@ -12,4 +12,4 @@ def get_config(arg=None):
   c.model.name = "late_fusion"
   c.model.kwargs = {"num_classes": 10, "modalities": MODALITIES, "vocab_size": VOCAB_SIZE, "width": 64,
                     "num_layers": 1, "num_heads": 4, "dropout": 0.1}
-  return apply_arg(c, arg)
+  return apply_arg(with_robustness(c), arg)

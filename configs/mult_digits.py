@@ -6,7 +6,7 @@ tokens are embedded first (``text_vocab_size``), and the 10-way digit is read fr
 logits. ``FILE:runlocal`` shrinks the run to a few seconds.
 """
 
-from digits_common import VOCAB_SIZE, base
+from digits_common import VOCAB_SIZE, base, shrink, with_robustness
 
 
 def get_config(arg=None):
@@ -16,11 +16,10 @@ def get_config(arg=None):
                     "modality_keys": ("text", "audio", "image"), "kernel_sizes": (1, 1, 1),
                     "text_vocab_size": VOCAB_SIZE, "text_embed_dim": 32, "attn_mask": False,
                     "embed_dropout": 0.1}
+  with_robustness(c)
   if arg == "runlocal":
-    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 4, 3
-    c.batch_size, c.eval_batch_size = 8, 64
+    shrink(c)
     c.model.kwargs.width, c.model.kwargs.num_heads, c.model.kwargs.num_layers = 16, 2, 1
-    c.progress = False
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return c
