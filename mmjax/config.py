@@ -103,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard
   c.async_checkpoints = True
   c.progress = True  # progress bar on process 0
+  c.check_memory = True  # refuse a step whose compiled memory exceeds what the device (or host) has
   return c
 
 

@@ -81,8 +81,8 @@ class Checkpointer:
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, **best)
     else:
-      options = ocp.CheckpointManagerOptions(
-          create=True, enable_async_checkpointing=async_save,
+      options = ocp.CheckpointManagerOptions(  # the directory is created by the first save
+          create=False, enable_async_checkpointing=async_save,
           preservation_policy=preservation.AnyPreservationPolicy(policies), **best)
     try:
       self._manager = ocp.CheckpointManager(

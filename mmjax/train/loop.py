@@ -13,6 +13,7 @@ device (arguments, temporaries, output), so a config that does not fit shows it 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from mmjax import evaluators as evaluator_registry
 from mmjax.data import pipeline
 from mmjax.errors import UserError
 from mmjax.files import read_json, write_json, write_text
+from mmjax.train.lock import WorkdirLock
 from mmjax.train.run import Run, build_run, count_params, restore_run
 from mmjax.train.step import jit_plateau_update, jit_train_step
 from mmjax.train.writers import MetricWriter
@@ -95,7 +97,7 @@ def compiled_stats(compiled) -> dict:
     mem = compiled.memory_analysis()
     if mem is not None:
       stats.update(argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-                   output_bytes=mem.output_size_in_bytes)
+                   output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes)
   except Exception:  # noqa: BLE001
     pass
   return stats
@@ -216,41 +218,113 @@ def train_and_evaluate(config, workdir, *, devices=None, echo=print) -> dict:
   Writes ``config.json``, ``metrics.jsonl`` (train windows and evaluations), TensorBoard event files
   (``tensorboard/``), ``metrics.json`` (the final evaluations, the last window of training metrics under
   ``"train"``, and with ``best_metric`` the ``"best"`` checkpoint's step and evaluations) and checkpoints
-  under ``workdir/checkpoints``. Nothing is written before the config, the resumed checkpoint, the
-  evaluators and the data have been checked. ``devices`` restricts the mesh (default: all devices).
+  under ``workdir/checkpoints``. Nothing is written before the config, the workdir, the resumed
+  checkpoint, the evaluators, the data and the step's memory have been checked; one run at a time holds
+  the workdir (:mod:`mmjax.train.lock`). ``devices`` restricts the mesh (default: all devices).
   """
   workdir = Path(workdir)
-  if workdir.exists() and not workdir.is_dir():
-    raise UserError(f"--workdir {str(workdir)!r} is a file, not a directory; choose another path")
+  check_workdir(workdir)
+  lock = WorkdirLock(workdir, echo) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.check()
   run = build_run(config, workdir, devices)
   try:
-    return _train(run, config, workdir, echo)
+    return _train(run, config, workdir, echo, lock)
   finally:
     run.close()  # never leave an asynchronous save half-written
+    if lock is not None:
+      lock.release()
 
 
-def _train(run: Run, config, workdir: Path, echo) -> dict:
+def check_workdir(workdir: Path) -> None:
+  """A :class:`UserError` when ``workdir`` is a file, lies below a file, or cannot be created or written."""
+  for parent in [workdir, *workdir.parents]:
+    if parent.exists():
+      if not parent.is_dir():
+        where = "is a file" if parent == workdir else f"lies below the file {parent}"
+        raise UserError(f"--workdir {str(workdir)!r} {where}; choose a directory path")
+      if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {str(workdir)!r} cannot be written ({parent} is not writable by this "
+                        "user); choose another path or fix the permissions")
+      return
+
+
+def available_memory(device) -> int | None:
+  """Bytes a new allocation can use on ``device``: the accelerator's free memory, or the host's available
+  memory (``MemAvailable``) for CPU devices; None when unknown."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 - not every backend has memory stats
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  if device.platform == "cpu":
+    try:
+      for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+    except OSError:
+      return None
+  return None
+
+
+def state_bytes_per_device(abstract_state) -> int:
+  """Bytes of one device's shard of the training state (``ShapeDtypeStruct`` leaves with shardings)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(abstract_state):
+    sharding = getattr(leaf, "sharding", None)
+    shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def check_state_memory(abstract_state, devices, config) -> None:
+  """Refuses at once (before compiling) a training state that alone exceeds the available memory."""
+  check_memory({"argument_bytes": state_bytes_per_device(abstract_state), "temp_bytes": 0,
+                "output_bytes": 0}, devices, config, what="the training state alone")
+
+
+def check_memory(stats: dict, devices, config, what: str = "the train step") -> None:
+  """Refuses a step whose compiled memory (arguments + temporaries + outputs, per device; on CPU all
+  devices share the host) exceeds what is available, before anything is allocated."""
+  if not config.check_memory or stats["argument_bytes"] is None:
+    return
+  need = stats["argument_bytes"] + stats["temp_bytes"] + stats["output_bytes"] - stats.get("alias_bytes", 0)
+  per_host = devices[0].platform == "cpu"
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  total = need * (len(local) if per_host else 1)
+  have = available_memory(local[0])
+  if have is not None and total > have:
+    where = "the host (all CPU devices share it)" if per_host else f"each {devices[0].device_kind}"
+    parts = (f"arguments {_bytes(stats['argument_bytes'])}, temporaries {_bytes(stats['temp_bytes'])}, "
+             f"outputs {_bytes(stats['output_bytes'])} per device" if stats["temp_bytes"] else
+             f"{_bytes(stats['argument_bytes'])} per device")
+    raise UserError(
+        f"{what} needs about {_bytes(total)} on {where} ({parts}), but only {_bytes(have)} is available. "
+        "Shrink the model or the batch, shard it over more devices (mesh.fsdp), or pass "
+        "--config.check_memory=false to try anyway.")
+
+
+def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
   is_main = run.is_main
   say = echo if is_main else (lambda *a, **k: None)
-  state = run.restore_or_init()
-  start = int(jax.device_get(state.step))
+  start = run.checkpointer.latest_step() or 0
   evaluation = _Evaluation(run, _NullWriter(), say)
-  evaluation.resume(start)
   batches = pipeline.train_batches(
       config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
   devices = run.devices
-  say(f"mmjax: model {config.model.name} ({count_params(state.params):,} parameters), data "
+  say(f"mmjax: model {config.model.name} ({count_params(run.abstract_state.params):,} parameters), data "
       f"{config.data.name}, mesh {dict(run.mesh.shape)}, {jax.process_count()} process(es), "
       f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})")
   step_fn = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
                            run.mesh, config.optimizer.grad_accum_steps)
-  finished = start >= config.num_steps
-  batch = None if finished else run.global_batch(next(batches))
-  if batch is not None:
+  check_state_memory(run.abstract_state, devices, config)
+  batch = None if start >= config.num_steps else run.global_batch(next(batches))
+  if batch is not None:  # compiled against the abstract state: nothing is allocated before the check
     t = time.perf_counter()
-    step_fn = step_fn.lower(state, batch).compile()
+    step_fn = step_fn.lower(run.abstract_state, batch).compile()
     stats = compiled_stats(step_fn)
     flops = f"{stats['flops'] / 1e9:.3g} GFLOP per step" if stats["flops"] else "FLOPs not reported"
     memory = ("memory per device: arguments " + _bytes(stats["argument_bytes"]) + ", temporaries "
@@ -258,9 +332,13 @@ def _train(run: Run, config, workdir: Path, echo) -> dict:
               if stats["argument_bytes"] is not None else "memory not reported")
     say(f"mmjax: train step compiled in {time.perf_counter() - t:.1f} s: {flops} (XLA cost analysis); "
         f"{memory}")
+    check_memory(stats, devices, config)
+  state = run.restore_or_init()
+  evaluation.resume(start)
   # Every check has passed: from here on the workdir is written.
+  if lock is not None:
+    lock.acquire()
   if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
     write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
   writer = MetricWriter(workdir, tensorboard=config.tensorboard)
   evaluation.writer = writer
