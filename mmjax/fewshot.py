@@ -207,11 +207,11 @@ class FewShot:
 def evaluate_open_ended(model, params, episodes: list, batch_size: int = 64) -> float:
   """Open-ended accuracy: greedy decoding after each episode's prompt (no candidate list); an episode
   counts when the decoded tokens start with its correct answer."""
-  from mmjax.models.frozen import lm_fields
-  from mmjax.models.gpt2 import GPT2, generate
+  from mmjax.models.gpt2 import GPT2
+  from mmjax.sampling import generate
 
   _check_model_takes(model, episodes)
-  lm = GPT2(**lm_fields(model))
+  lm = GPT2(model.lm, model.attention, model.dtype)  # Frozen's and CausalLM's LM (parameters "lm")
   num_prefix = getattr(model, "num_prefix", 1)
   length = max(sum(num_prefix if isinstance(x, tuple) else 1 for x in ep.prompt) for ep in episodes)
   num_images = max(1, max(len(ep.images) for ep in episodes))
@@ -274,14 +274,15 @@ PROTOCOLS = ("fast_binding", "classification")
 
 
 def default_fewshot(config) -> FewShot:
-  """The :class:`FewShot` of a Frozen config: the GPT-2 tokenizer of ``config.init.hf_gpt2`` when the LM
-  is GPT-2, else the digits captions vocabulary; the digit names as class names."""
+  """The :class:`FewShot` of a Frozen config: the GPT-2 tokenizer of the Hugging Face directory
+  ``config.init.path`` when the LM comes from one (``init.format = "hf_gpt2"``), else the digits captions
+  vocabulary; the digit names as class names."""
   from mmjax.data.builders.digits_av import LABEL_NAMES
 
-  if config.init.hf_gpt2:
+  if config.init.format == "hf_gpt2":
     from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
 
-    tokenizer = GPT2Tokenizer.from_dir(config.init.hf_gpt2)
+    tokenizer = GPT2Tokenizer.from_dir(config.init.path)
     return FewShot(encode=tokenizer.encode, class_names=LABEL_NAMES)
   from mmjax.data.builders.digits_av_captions import encode_caption
 

@@ -139,8 +139,8 @@ def build_run(config, workdir, devices=None) -> Run:
   abstract = jax.tree_util.tree_map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
   init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
-  if config.init.workdir or config.init.hf_gpt2:
-    init_sharded = _with_pretrained(init, config.init, tx, state_shardings)
+  if config.init.format:
+    init_sharded = _with_pretrained(init, config.init, tx, state_shardings, model)
   identity = {"model": config.model.name, "kwargs": config.model.kwargs.to_dict()}
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                               keep=config.keep_checkpoints, identity=identity,
@@ -154,7 +154,7 @@ def build_run(config, workdir, devices=None) -> Run:
   return run
 
 
-def _with_pretrained(init_fn, init_cfg, tx, shardings):
+def _with_pretrained(init_fn, init_cfg, tx, shardings, model=None):
   """A sharded init that grafts the parameters ``config.init`` names into ``init_fn()``'s (see
   :mod:`mmjax.train.pretrained`) and builds the optimizer state for the result, in one jitted call
   (the pretrained arrays are its arguments, not constants)."""
@@ -166,7 +166,7 @@ def _with_pretrained(init_fn, init_cfg, tx, shardings):
     return state.replace(params=params, opt_state=tx.init(params))
 
   def init():
-    return jax.jit(grafted, out_shardings=shardings)(load_pretrained(init_cfg))
+    return jax.jit(grafted, out_shardings=shardings)(load_pretrained(init_cfg, model))
 
   return init
 

@@ -1,11 +1,16 @@
-"""Starting a run from pretrained parameters (``config.init``): another run's checkpoint or a Hugging Face
-GPT-2 directory, grafted into a subtree of the new model's parameters.
+"""Starting a run from pretrained parameters (``config.init``), grafted into a subtree of the new model's
+parameters.
 
-Frozen (Tsimpoukelli et al., 2021) is the reason: its language model comes pretrained (``init.hf_gpt2``, or
-``init.workdir`` of a small LM trained by mmjax) and stays frozen (``optimizer.frozen``) while the vision
-encoder learns. Grafting happens once, on a fresh start; a resumed run restores its own checkpoint. Every
-leaf of the target subtree must be provided with its exact shape (a clear error names the first path that
-differs); the optimizer state is rebuilt for the grafted parameters.
+``init.format`` names the source: ``"mmjax"`` (the latest checkpoint of the mmjax run in ``init.path``) or
+a weight loader registered in :mod:`mmjax.models.registry` (e.g. ``"hf_gpt2"``, ``"mult_torch"``: foreign
+weights in ``init.path``); ``""`` starts from scratch. ``init.source`` cuts a subtree of those parameters,
+``init.target`` is where it goes. The engine names no model: loaders are looked up by name.
+
+Frozen (Tsimpoukelli et al., 2021) is the reason: its language model comes pretrained (a Hugging Face GPT-2,
+or a small LM trained by mmjax) and stays frozen (``optimizer.frozen``) while the vision encoder learns.
+Grafting happens once, on a fresh start; a resumed run restores its own checkpoint. Every leaf of the
+target subtree must be provided with its exact shape (a clear error names the first path that differs);
+the optimizer state is rebuilt for the grafted parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmjax import models
 from mmjax.train.checkpoint import CheckpointError
+
+RUN_FORMAT = "mmjax"  # init.format of another mmjax run's checkpoint
 
 
 def _split(path: str) -> list[str]:
@@ -88,8 +96,9 @@ def load_run_params(workdir, step: int | None = None):
   path = Path(workdir)
   if not (path / "config.json").is_file():
     raise FileNotFoundError(f"no mmjax run in {str(path)!r} (no config.json) to take parameters from")
-  cfg = validate(ml_collections.ConfigDict(json.loads((path / "config.json").read_text())))
-  cfg.init.workdir = cfg.init.hf_gpt2 = ""  # its own pretrained source is not needed to restore it
+  raw = json.loads((path / "config.json").read_text())
+  raw.pop("init", None)  # its own pretrained source is not needed to restore it
+  cfg = validate(ml_collections.ConfigDict(raw))
   run = build_run(cfg, path, jax.local_devices()[:1])
   try:
     state = run.restore_or_init(step, require=True)
@@ -98,18 +107,23 @@ def load_run_params(workdir, step: int | None = None):
   return jax.device_get(state.params)
 
 
-def load_pretrained(init_cfg):
-  """The parameter tree ``config.init`` names (host numpy), cut to ``init.source``; None when it names
-  none."""
-  if init_cfg.workdir and init_cfg.hf_gpt2:
-    raise ValueError("config.init: set workdir or hf_gpt2, not both")
-  if init_cfg.workdir:
-    params = load_run_params(init_cfg.workdir)
-    return subtree(params, init_cfg.source, f"the run in {init_cfg.workdir!r}")
-  if init_cfg.hf_gpt2:
-    from mmjax.models.gpt2 import load_hf_gpt2
-
-    _, params = load_hf_gpt2(init_cfg.hf_gpt2)
-    params = params.get("params", params)
-    return subtree(jax.device_get(params), init_cfg.source, f"the GPT-2 checkpoint in {init_cfg.hf_gpt2!r}")
-  return None
+def load_pretrained(init_cfg, model=None):
+  """The parameter tree ``config.init`` names (host numpy), cut to ``init.source``; None when
+  ``init.format`` is empty. ``model`` (the model being initialised) is passed to the loader."""
+  fmt, path = init_cfg.format, init_cfg.path
+  if not fmt:
+    return None
+  if not path:
+    raise ValueError(f"config.init.format is {fmt!r} but init.path is empty: set the run directory or the "
+                     "weights file to load")
+  if fmt == RUN_FORMAT:
+    params, what = load_run_params(path), f"the run in {path!r}"
+  else:
+    try:
+      load = models.loader(fmt)
+    except KeyError as e:
+      raise ValueError(f"config.init.format: {e.args[0]} Or {RUN_FORMAT!r} for an mmjax run.") from None
+    params, what = jax.device_get(load(path, model)), f"the {fmt} weights in {path!r}"
+  if isinstance(params, dict) and set(params) == {"params"}:
+    params = params["params"]
+  return subtree(params, init_cfg.source, what)
