@@ -22,6 +22,7 @@ from mmjax.data.builders.digits_av_captions import BOS_ID
 from mmjax.data.builders.digits_av_text import MAX_TOKENS, SUBJECT_REPEATS
 from mmjax.data.vocab import Vocabulary
 
+# The language model's GPT2Config fields (model.kwargs.lm of both stages; the rest keep GPT-2's defaults).
 LM = {"vocab_size": len(Vocabulary.digits_captions()), "n_positions": 128, "n_embd": 64, "n_layer": 2,
       "n_head": 4}
 LM_WORKDIR = "runs/frozen_digits_lm"
@@ -46,7 +47,8 @@ def get_config(arg=None):
     c.data.test_split = ""
     c.model.name = "causal_lm"
     # No dropout: in-context copying forms later with it, and 50,000 generated documents do not overfit.
-    c.model.kwargs = {**LM, "lm_dropout": 0.0, "bos_id": BOS_ID, "text_key": "tokens"}
+    c.model.kwargs = {"lm": {**LM, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0},
+                      "bos_id": BOS_ID, "text_key": "tokens"}
     # Binding appears abruptly (measured: between steps 4,000 and 6,000 at batch 64; with batch 32 it had
     # not appeared after 16,000 steps in one run, and appeared by 10,000 in another).
     c.batch_size = 64
@@ -61,9 +63,10 @@ def get_config(arg=None):
     c.data.name = "digits_av_captions/all_templates"
     c.data.max_lengths = {"caption_tokens": 8}  # longest caption: 8 tokens
     c.model.name = "frozen"
-    c.model.kwargs = {**LM, "num_prefix": SUBJECT_REPEATS, "vision_widths": (32, 64), "vision_blocks": 1,
-                      "bos_id": BOS_ID, "image_key": "image", "text_key": "caption_tokens"}
-    c.init.workdir = LM_WORKDIR
+    c.model.kwargs = {"lm": LM, "num_prefix": SUBJECT_REPEATS, "vision_widths": (32, 64), "vision_blocks": 1,
+                      "bos_id": BOS_ID, "image_key": "image", "text_key": "caption_tokens"}  # LM: no dropout
+    c.init.format = "mmjax"
+    c.init.path = LM_WORKDIR
     c.init.source = c.init.target = "lm"
     c.optimizer.frozen = "lm/.*"
     c.num_steps = 1500

@@ -2,11 +2,11 @@
 
 Argument: a LOCAL Hugging Face GPT-2 directory (``config.json``, ``model.safetensors``, ``vocab.json``,
 ``merges.txt``; e.g. a snapshot of "gpt2" you downloaded yourself): ``configs/frozen_gpt2.py:/models/gpt2``.
-The language model's size is read from its ``config.json``; its weights are grafted under ``lm``
-(``config.init.hf_gpt2``) and frozen (``optimizer.frozen``); captions are tokenized with its BPE and end with
-``<|endoftext|>``. Data: ``image_captions`` (64x64 RGB) built from a manual directory in the
-``images/ + captions.jsonl`` or COCO-captions layout:
-``mmjax data build image_captions --manual_dir DIR``.
+The language model's size is read from its ``config.json`` (a ``GPT2Config``, without dropout, in
+``model.kwargs.lm``); its weights are grafted under ``lm`` (``config.init.format = "hf_gpt2"``) and frozen
+(``optimizer.frozen``); captions are tokenized with its BPE and end with ``<|endoftext|>``. Data:
+``image_captions`` (64x64 RGB) built from a manual directory in the ``images/ + captions.jsonl`` or
+COCO-captions layout: ``mmjax data build image_captions --manual_dir DIR``.
 
 As in the paper: n = 2 prefix vectors, loss on the caption tokens only, Adam. Deviations: a small
 GroupNorm ResNet on 64x64 images instead of NF-ResNet-50 at 224 (``model.kwargs.vision_*`` and
@@ -14,6 +14,7 @@ GroupNorm ResNet on 64x64 images instead of NF-ResNet-50 at 224 (``model.kwargs.
 (3e-4) and step count are our choices. ``FILE:DIR,runlocal`` runs a few steps.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,9 +31,9 @@ def get_config(arg=None):
   config_file = Path(hf_dir) / "config.json"
   if not config_file.is_file():
     raise ValueError(f"{config_file} does not exist: pass a local Hugging Face GPT-2 directory")
-  from mmjax.models.gpt2 import config_from_hf
+  from mmjax.models.convert.hf_gpt2 import config_from_hf
 
-  lm = config_from_hf(json.loads(config_file.read_text()), source=str(config_file))
+  lm = config_from_hf(json.loads(config_file.read_text()), source=str(config_file)).no_dropout()  # frozen
   c = default_config()
   c.data.name = "image_captions"
   c.data.tokenizer = f"gpt2:{hf_dir}"
@@ -40,11 +41,10 @@ def get_config(arg=None):
   c.data.max_lengths = {"caption_tokens": 40}
   c.data.truncate = True  # longer captions are cut (their end token too)
   c.model.name = "frozen"
-  c.model.kwargs = {k: lm[k] for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner",
-                                        "activation_function", "layer_norm_epsilon")}
-  c.model.kwargs.update({"num_prefix": 2, "vision_widths": (64, 128, 256), "vision_blocks": 2,
-                         "image_key": "image", "text_key": "caption_tokens"})
-  c.init.hf_gpt2 = hf_dir
+  c.model.kwargs = {"lm": dataclasses.asdict(lm), "num_prefix": 2, "vision_widths": (64, 128, 256),
+                    "vision_blocks": 2, "image_key": "image", "text_key": "caption_tokens"}
+  c.init.format = "hf_gpt2"
+  c.init.path = hf_dir
   c.init.target = "lm"
   c.optimizer.frozen = "lm/.*"
   c.optimizer.name = "adam"

@@ -258,14 +258,22 @@ def _main(argv) -> int:
     return 0
 
   if args.command == "fewshot":
-    from mmjax.fewshot import run_fewshot
+    import jax
+
+    from mmjax.evaluators.fewshot import fewshot_scores
+    from mmjax.files import write_json
+    from mmjax.train import restore_run
 
     shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
     protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
-    run_fewshot(get_config(args.config, overrides), args.workdir, protocols=protocols, shots=shots,
-                episodes=args.episodes, ways=args.ways, split=args.split, seed=args.seed, step=args.step,
-                open_ended=not args.no_open_ended, text_repeats=args.text_repeats,
-                snap_prefix=args.snap_prefix, text_support=args.text_support)
+    run, state = restore_run(args.workdir, args.step, config=get_config(args.config, overrides),
+                             devices=jax.local_devices()[:1])
+    result = fewshot_scores(run, state.params, protocols=protocols, shots=shots, episodes=args.episodes,
+                            ways=args.ways, split=args.split, seed=args.seed,
+                            open_ended=not args.no_open_ended, text_repeats=args.text_repeats,
+                            snap_prefix=args.snap_prefix, text_support=args.text_support)
+    path = write_json(f"{args.workdir}/fewshot.json", {**result, "step": int(state.step)})
+    print(f"mmjax: wrote {path}")
     return 0
 
   from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate

@@ -3,7 +3,8 @@ and validation against the schema in :func:`default_config` (unknown keys are er
 
 A config file defines ``get_config(arg=None)``; ``FILE:ARG`` on the command line passes ``ARG``. It
 starts from :func:`default_config` and sets what differs. ``model.kwargs`` holds the model's constructor
-fields, checked against the registered model class.
+fields, checked against the registered model class; a field whose default is a dataclass (``lm:
+GPT2Config``) takes a (partial) dict of that dataclass's fields, checked too.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.plateau.min_scale = 0.0  # the scale never drops below this
 
   c.init = ml_collections.ConfigDict()  # start from pretrained parameters (mmjax.train.pretrained)
-  c.init.workdir = ""  # the latest checkpoint of another mmjax run ...
-  c.init.hf_gpt2 = ""  # ... or a Hugging Face GPT-2 directory (config.json + model.safetensors)
+  c.init.format = ""  # "" = none; "mmjax" = another run's latest checkpoint; or a loader in
+  # mmjax.models.loader_names(): "hf_gpt2" (a Hugging Face GPT-2 directory), "mult_torch" (.pt / .npz)
+  c.init.path = ""  # the run directory, or the weights the loader reads
   c.init.source = ""  # subtree of those parameters to take ("" = all), e.g. "lm"
   c.init.target = ""  # where it goes in this model's parameters ("" = the whole tree), e.g. "lm"
 
@@ -145,6 +147,14 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if key not in fields:
       raise ConfigError(f"model {full.model.name!r} has no field {key!r}.{_suggest(key, fields)} "
                         f"Its fields: {sorted(fields)}")
+    _check_nested(full.model.name, f"model.kwargs.{key}", fields[key], full.model.kwargs[key])
+  formats = ["mmjax", *models.loader_names()]
+  if full.init.format and full.init.format not in formats:
+    raise ConfigError(f"unknown init.format {full.init.format!r}.{_suggest(full.init.format, formats)} "
+                      f"Known: {formats} (or '' for none)")
+  if bool(full.init.format) != bool(full.init.path):
+    raise ConfigError("set init.format and init.path together (format: 'mmjax' or a loader in "
+                      f"{models.loader_names()}; path: the run directory or the weights), or neither")
   if not full.data.name:
     raise ConfigError("config sets no data.name (a dataset, e.g. 'digits_av')")
   _check_names(full)
@@ -217,6 +227,38 @@ def _check_ranges(c) -> None:
        c.early_stopping_patience, "0 unless best_metric names the metric to watch")
 
 
+def _check_nested(model: str, path: str, default, value) -> None:
+  """A model field whose default is a dataclass (e.g. ``lm: GPT2Config``) takes a section of that
+  dataclass's fields (a dict in the config file); unknown keys are errors, nested ones checked in turn."""
+  from mmjax import models
+
+  nested = models.nested_fields(default)
+  if nested is None:
+    return
+  if not isinstance(value, ml_collections.ConfigDict):
+    raise ConfigError(f"config key {path!r} ({type(default).__name__}) must be a dict of its fields "
+                      f"{sorted(nested)}, e.g. {{'{next(iter(nested))}': ...}}; got {value!r}")
+  for key in value.keys():
+    if key not in nested:
+      raise ConfigError(f"model {model!r}: {path} ({type(default).__name__}) has no field {key!r}."
+                        f"{_suggest(key, nested)} Its fields: {sorted(nested)}")
+    _check_nested(model, f"{path}.{key}", nested[key], value[key])
+
+
+def _kwargs_schema(cfg, keys):
+  """``(fields, label)`` at ``model.kwargs.<keys...>``: the model's fields (name -> default), or those of
+  the nested dataclass field ``keys`` leads to; None when ``keys`` does not lead to one."""
+  from mmjax import models
+
+  schema, label = models.fields(cfg.model.name), f"model {cfg.model.name!r}"
+  for i, key in enumerate(keys):
+    nested = models.nested_fields(schema.get(key))
+    if nested is None:
+      return None
+    schema, label = nested, f"model {cfg.model.name!r}: model.kwargs.{'.'.join(keys[:i + 1])}"
+  return schema, label
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Imports ``FILE`` (or ``FILE:ARG``) and returns its ``get_config(ARG)``, unvalidated. The file's
   folder is on ``sys.path`` while it loads, so configs can share helpers (``configs/digits_common.py``)."""
@@ -281,24 +323,26 @@ def apply_override(cfg: ml_collections.ConfigDict, assignment: str) -> None:
   if not eq:
     raise ConfigError(f"override {assignment!r} is not of the form key=value")
   parts = key.split(".")
+  in_kwargs = parts[:2] == ["model", "kwargs"]
   node = cfg
   for i, part in enumerate(parts[:-1]):
     inside = ".".join(parts[:i])
-    if part not in node and any(inside == f or inside.startswith(f + ".") for f in ("evaluators",)):
-      with node.unlocked():  # a new evaluator (or a new section of one) named on the command line
-        node[part] = ml_collections.ConfigDict()
+    new_evaluator = inside == "evaluators" or inside.startswith("evaluators.")
+    nested_field = in_kwargs and i >= 2 and _kwargs_schema(cfg, parts[2:i + 1])
+    if part not in node and (new_evaluator or nested_field):
+      with node.unlocked():  # a new evaluator (or a section of one), or a nested model field (e.g. lm:
+        node[part] = ml_collections.ConfigDict()  # GPT2Config) the file left at its default
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
       raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r}.{_suggest(part, node.keys())}")
     node = node[part]
   leaf = parts[-1]
   section = ".".join(parts[:-1])
   if leaf not in node:
-    if section == "model.kwargs":
-      from mmjax import models
-
-      fields = models.fields(cfg.model.name)
+    schema = _kwargs_schema(cfg, parts[2:-1]) if in_kwargs and len(parts) > 2 else None
+    if schema is not None:
+      fields, label = schema
       if leaf not in fields:
-        raise ConfigError(f"model {cfg.model.name!r} has no field {leaf!r}.{_suggest(leaf, fields)}")
+        raise ConfigError(f"{label} has no field {leaf!r}.{_suggest(leaf, fields)}")
       current = fields[leaf]
     elif any(section == f or section.startswith(f + ".") for f in FREE_FORM):
       current = None

@@ -133,7 +133,7 @@ def test_digits_av_captions_deterministic_and_embedded(captions, tmp_path):
 def test_all_templates_config_has_every_caption_of_every_image(captions, tmp_path):
   """``digits_av_captions/all_templates`` (through the pipeline, as an embedded dataset): each image of a
   split once per template, same images and labels as the default config; the fewshot pool dedupes by id."""
-  from mmjax.fewshot import class_pool
+  from mmjax.evaluators.fewshot import class_pool
 
   builder, _ = captions
   assert builder.builder_config.name == "one_template"  # the default config is the 1.0.0 data

@@ -100,3 +100,77 @@ def test_apply_override_rejects_free_form_type_errors():
   cfg = get_config(str(CONFIGS / "late_fusion_digits.py"))
   with pytest.raises(ConfigError):
     apply_override(cfg, "batch_size=1.5")
+
+
+# --- nested model fields (a dataclass default such as lm: GPT2Config) ---------------------------------------
+
+
+def test_nested_dataclass_kwargs_build_from_partial_dicts():
+  import ml_collections
+
+  from mmjax.models.gpt2 import GPT2Config
+
+  frozen = models.build("frozen", {"lm": {"n_layer": 2, "n_embd": 64, "n_head": 4}})
+  assert frozen.lm == GPT2Config(n_layer=2, n_embd=64, n_head=4).no_dropout()  # over Frozen's default
+  section = ml_collections.ConfigDict({"lm": {"n_layer": 2}})  # what a config gives: a section, not a dict
+  assert models.build("causal_lm", dict(section)).lm == GPT2Config(n_layer=2)  # over GPT2Config()
+  assert models.build("causal_lm", {"lm": GPT2Config(n_layer=3)}).lm.n_layer == 3  # an instance as is
+  with pytest.raises(ValueError, match=r"model 'frozen' field 'lm' \(GPT2Config\) has no field\(s\) "
+                                       r"\['n_layers'\]\. Did you mean \['n_layer'\]\? Its fields are"):
+    models.build("frozen", {"lm": {"n_layers": 2}})
+  with pytest.raises(ValueError, match="takes a GPT2Config or a mapping of its fields; got 3"):
+    models.build("frozen", {"lm": 3})
+  with pytest.raises(ValueError, match="not divisible by n_head"):
+    models.build("frozen", {"lm": {"n_embd": 10, "n_head": 3}})
+  assert models.nested_fields(models.fields("frozen")["lm"])["n_layer"] == 12
+  assert models.nested_fields(models.fields("frozen")["num_prefix"]) is None
+
+
+def _causal_lm_config():
+  cfg = default_config()
+  cfg.model.name = "causal_lm"
+  cfg.data.name = "digits_av_text"
+  return validate(cfg)
+
+
+def test_nested_overrides_are_checked_like_top_level_ones():
+  cfg = get_config(str(CONFIGS / "frozen_digits.py"),
+                   ["model.kwargs.lm.n_layer=4", "model.kwargs.lm.n_inner=80"])
+  assert cfg.model.kwargs.lm.n_layer == 4 and cfg.model.kwargs.lm.n_inner == 80
+  assert cfg.model.kwargs.lm.n_embd == 64  # the file's other LM fields stay
+  assert models.build(cfg.model.name, dict(cfg.model.kwargs)).lm.n_layer == 4
+  cfg = _causal_lm_config()  # no model.kwargs.lm in the file: the override creates the section
+  apply_override(cfg, "model.kwargs.lm.n_layer=3")
+  assert validate(cfg).model.kwargs.lm.to_dict() == {"n_layer": 3}
+  for override, message in [
+      ("model.kwargs.lm.n_layers=4", r"model 'causal_lm': model.kwargs.lm has no field 'n_layers'\. "
+                                     r"Did you mean n_layer\?"),
+      ("model.kwargs.lm.n_layer=abc", "expected a int"),
+      ("model.kwargs.bos_id.x=1", "unknown config key 'model.kwargs.bos_id'"),
+  ]:
+    with pytest.raises(ConfigError, match=message):
+      apply_override(_causal_lm_config(), override)
+
+
+def test_nested_keys_in_a_config_file_are_validated_and_round_trip_through_json():
+  import json
+
+  import ml_collections
+
+  cfg = _causal_lm_config()
+  cfg.model.kwargs.lm = {"n_layer": 2, "layer_norm_epsilson": 1e-6}
+  with pytest.raises(ConfigError, match=r"model.kwargs.lm \(GPT2Config\) has no field "
+                                        r"'layer_norm_epsilson'\. Did you mean layer_norm_epsilon\?"):
+    validate(cfg)
+  cfg = _causal_lm_config()
+  cfg.model.kwargs.lm = 5
+  with pytest.raises(ConfigError, match=r"'model.kwargs.lm' \(GPT2Config\) must be a dict of its fields"):
+    validate(cfg)
+  # checkpoints store config.model.kwargs.to_dict() as JSON, runs their config.json: both round-trip
+  cfg = get_config(str(CONFIGS / "frozen_digits.py"))
+  kwargs = cfg.model.kwargs.to_dict()
+  assert isinstance(kwargs["lm"], dict) and json.loads(json.dumps(kwargs))["lm"] == kwargs["lm"]
+  again = validate(ml_collections.ConfigDict(json.loads(cfg.to_json_best_effort())))
+  assert again.model.kwargs.to_dict()["lm"] == kwargs["lm"]
+  rebuilt, built = (models.build("frozen", dict(c.model.kwargs)) for c in (again, cfg))
+  assert rebuilt.lm == built.lm

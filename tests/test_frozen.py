@@ -1,5 +1,6 @@
 """Frozen: prefix captioning, interleaved sequences, frozen LM through the engine, few-shot episodes."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import fewshot, models, tasks
+from mmjax import models, tasks
 from mmjax.config import ConfigError, get_config
-from mmjax.train import build_run, train_and_evaluate
-from mmjax.train.pretrained import load_run_params
+from mmjax.evaluators import fewshot
+from mmjax.train import build_run, restore_run, train_and_evaluate
+from mmjax.train.run import run_params as load_run_params
 
 from .conftest import CONFIGS
 
@@ -20,8 +22,8 @@ QUIET = dict(echo=lambda *a: None)
 TINY_LM = {"vocab_size": 45, "n_positions": 64, "n_embd": 16, "n_layer": 1, "n_head": 2}
 
 
-def tiny_frozen(**kw):
-  return models.build("frozen", {**TINY_LM, "vision_widths": (8, 8), **kw})
+def tiny_frozen(lm=None, **kw):
+  return models.build("frozen", {"lm": {**TINY_LM, **(lm or {})}, "vision_widths": (8, 8), **kw})
 
 
 def test_pack_layout():
@@ -53,7 +55,6 @@ def test_captioning_forward_equals_the_interleaved_sequence(bos_id):
     n = int(batch["caption_tokens_mask"][b].sum())
     np.testing.assert_allclose(inter[b, 1:1 + n], logits[b, :n], rtol=1e-5, atol=1e-5)
   # By hand: the LM over [<bos>?; prefix; caption] embeddings, the outputs before each caption token.
-  from mmjax.models.frozen import lm_fields
   from mmjax.models.gpt2 import GPT2
 
   prefix = model.apply(variables, batch["image"], method="prefix")
@@ -62,8 +63,9 @@ def test_captioning_forward_equals_the_interleaved_sequence(bos_id):
   parts = [*bos, prefix, wte[batch["caption_tokens"]]]
   emb = np.concatenate(parts, axis=1)
   real = np.concatenate([np.ones((3, emb.shape[1] - 5), bool), batch["caption_tokens_mask"]], axis=1)
-  by_hand, _ = GPT2(**lm_fields(model)).apply({"params": variables["params"]["lm"]}, embeddings=emb,
-                                              attention_mask=real, train=False)
+  assert model.lm.n_embd == 16 and model.lm.embd_pdrop == 0.0  # TINY_LM over Frozen's dropout-free default
+  by_hand, _ = GPT2(model.lm).apply({"params": variables["params"]["lm"]}, embeddings=emb,
+                                    attention_mask=real, train=False)
   start = emb.shape[1] - 5 - 1
   np.testing.assert_allclose(logits, by_hand[:, start:start + 5], rtol=1e-5, atol=1e-5)
 
@@ -123,7 +125,7 @@ def test_open_ended_decoding_matches_the_scored_argmax():
   """Greedy decoding's first token is the argmax of the next-token logits after the prompt."""
   fs = fewshot.FewShot(encode=lambda t: [len(w) for w in t.split()], class_names=[str(i) for i in range(4)])
   pool = {c: np.full((3, 8, 8), c / 4, np.float32) for c in range(4)}
-  model = tiny_frozen(vocab_size=16)
+  model = tiny_frozen(lm={"vocab_size": 16})
   params = model.init(jax.random.PRNGKey(1), {"image": pool[0][:1], "caption_tokens": np.ones((1, 3), int)},
                       train=False)["params"]
   episodes = fs.episodes(pool, "classification", 1, 4, seed=0)
@@ -154,7 +156,7 @@ def test_episodes_and_scoring():
     fs.episodes(pool, "classification", 6, 1, seed=0)
   with pytest.raises(ConfigError, match="unknown few-shot protocol"):
     fs.episodes(pool, "vqa", 1, 1, seed=0)
-  model = tiny_frozen(vocab_size=16)
+  model = tiny_frozen(lm={"vocab_size": 16})
   example = {"image": pool[0][:1], "caption_tokens": np.ones((1, 3), int)}
   variables = model.init(jax.random.PRNGKey(0), example, train=False)
   episodes = fs.episodes(pool, "classification", 1, 6, seed=0)
@@ -174,15 +176,20 @@ def lm_run(tmp_path_factory, data_dir):
 
 def frozen_config(data_dir, lm_workdir, *extra):
   return get_config(f"{CONFIGS / 'frozen_digits.py'}:runlocal",
-                    [f"data.data_dir={data_dir}", f"init.workdir={lm_workdir}", "async_checkpoints=false",
+                    [f"data.data_dir={data_dir}", f"init.path={lm_workdir}", "async_checkpoints=false",
                      *extra])
 
 
 def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_dir, tmp_path):
   lm = load_run_params(lm_run)["lm"]
-  cfg = frozen_config(data_dir, lm_run)
+  cfg = frozen_config(data_dir, lm_run, "evaluators.fewshot.name=fewshot",
+                      "evaluators.fewshot.kwargs.shots=(1,)", "evaluators.fewshot.kwargs.episodes=4",
+                      "evaluators.fewshot.kwargs.open_ended=False")
   final = train_and_evaluate(cfg, tmp_path, devices=jax.devices()[:1], **QUIET)
   assert np.isfinite(final["test"]["perplexity"])
+  # The fewshot evaluator at the end of training: its metrics and its JSON.
+  assert set(final["fewshot"]) == {"fast_binding/1", "classification/1"}
+  assert (tmp_path / "fewshot" / "fewshot-step000004.json").is_file()
   trained = load_run_params(tmp_path)
   for a, b in zip(jax.tree_util.tree_leaves(trained["lm"]), jax.tree_util.tree_leaves(lm), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -197,17 +204,18 @@ def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_d
 
   assert main(["fewshot", "--config", f"{CONFIGS / 'frozen_digits.py'}:runlocal", "--workdir", str(tmp_path),
                "--shots", "0,2", "--episodes", "6", f"--config.data.data_dir={data_dir}",
-               f"--config.init.workdir={lm_run}"]) == 0
+               f"--config.init.path={lm_run}"]) == 0
   result = json.loads((tmp_path / "fewshot.json").read_text())
   protocols = ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended")
   assert all(set(result[p]) == {"0", "2"} for p in protocols)
   assert all(0.0 <= v <= 1.0 for p in protocols for v in result[p].values())
   assert result["mode"] == "images" and result["snap_prefix"] is False
-  snapped = fewshot.run_fewshot(cfg, tmp_path, protocols=("fast_binding",), shots=(1,), episodes=4,
-                                open_ended=False, snap_prefix=True, echo=lambda _: None)
+  run, state = restore_run(tmp_path, config=cfg, devices=jax.devices()[:1])
+  snapped = fewshot.fewshot_scores(run, state.params, protocols=("fast_binding",), shots=(1,), episodes=4,
+                                   open_ended=False, snap_prefix=True, echo=lambda _: None)
   assert snapped["snap_prefix"] is True and 0.0 <= snapped["fast_binding"]["1"] <= 1.0
-  mixed = fewshot.run_fewshot(cfg, tmp_path, protocols=("fast_binding",), shots=(1,), episodes=4,
-                              open_ended=False, text_support=True, echo=lambda _: None)
+  mixed = fewshot.fewshot_scores(run, state.params, protocols=("fast_binding",), shots=(1,), episodes=4,
+                                 open_ended=False, text_support=True, echo=lambda _: None)
   assert mixed["text_support"] is True and mixed["text_repeats"] == 2 and mixed["mode"] == "images"
 
 
@@ -224,7 +232,7 @@ def test_frozen_with_a_hugging_face_gpt2_on_image_captions(tmp_path):
   captions tokenized with its BPE, its weights grafted under lm and bit-identical after training."""
   from mmjax.data import pipeline
   from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
-  from mmjax.models.gpt2 import load_hf_gpt2
+  from mmjax.models.convert.hf_gpt2 import load_hf_gpt2
 
   from .test_captions import build, write_images, write_jsonl
 
@@ -237,6 +245,8 @@ def test_frozen_with_a_hugging_face_gpt2_on_image_captions(tmp_path):
   build(manual, tmp_path / "tfds")
   cfg = get_config(f"{CONFIGS / 'frozen_gpt2.py'}:{hf},runlocal",
                    [f"data.data_dir={tmp_path / 'tfds'}", "async_checkpoints=false"])
+  assert (cfg.init.format, cfg.init.path, cfg.init.target) == ("hf_gpt2", str(hf), "lm")
+  assert cfg.model.kwargs.lm.to_dict() == dataclasses.asdict(load_hf_gpt2(hf, dropout=False)[0].config)
   batch = next(pipeline.train_batches(cfg.data, global_batch_size=4, seed=0))
   tok = GPT2Tokenizer.from_dir(hf)
   first = batch["caption_tokens"][0][batch["caption_tokens_mask"][0]]
@@ -327,7 +337,8 @@ def test_text_only_episodes_put_class_names_where_images_were():
       if protocol == "classification":
         assert all(d == n for d, n in names.items())
   # The same episodes as a language model reads them: the CausalLM's interleaved logits are its forward.
-  lm = models.build("causal_lm", {**TINY_LM, "lm_dropout": 0.0, "text_key": "tokens"})
+  lm = models.build("causal_lm", {"lm": {**TINY_LM, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0},
+                                   "text_key": "tokens"})
   ep = fs.episodes(pool, "fast_binding", 2, 1, seed=3, text_repeats=2)[0]
   tokens, slots, kinds = fewshot.pack([ep.prompt], num_prefix=1)
   params = lm.init(jax.random.PRNGKey(0), {"tokens": tokens}, train=False)["params"]
@@ -361,8 +372,9 @@ def test_fewshot_scores_a_language_model_on_text_episodes(lm_run, data_dir):
   result = json.loads((lm_run / "fewshot.json").read_text())
   assert result["mode"] == "text" and result["text_repeats"] == 2 and result["split"] is None
   cfg = get_config(f"{CONFIGS / 'frozen_digits.py'}:lm,runlocal", [f"data.data_dir={data_dir}"])
+  run, state = restore_run(lm_run, config=cfg, devices=jax.devices()[:1])
   for flag in ("snap_prefix", "text_support"):
     with pytest.raises(ConfigError, match="snap_prefix and text_support need a Frozen checkpoint"):
-      fewshot.run_fewshot(cfg, lm_run, shots=(1,), episodes=2, echo=lambda _: None, **{flag: True})
+      fewshot.fewshot_scores(run, state.params, shots=(1,), episodes=2, echo=lambda _: None, **{flag: True})
   for p in ("fast_binding", "classification", "fast_binding_open_ended", "classification_open_ended"):
     assert set(result[p]) == {"0", "3"} and all(0.0 <= v <= 1.0 for v in result[p].values())

@@ -1,5 +1,6 @@
 """GPT-2: parity with Hugging Face's PyTorch model (stored outputs and, when installed, live), the KV cache,
-decoding, scoring, the checkpoint loader's errors, the tokenizer and the decode benchmark."""
+decoding and scoring (mmjax.sampling), GPT2Config, the Hugging Face import's errors
+(mmjax.models.convert.hf_gpt2), the tokenizer and the decode benchmark."""
 
 import json
 import shutil
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mmjax import cli, models
+from mmjax import cli, models, sampling
 from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
 from mmjax.models import gpt2
+from mmjax.models.convert import hf_gpt2
 from mmjax.train import mesh as mesh_lib
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny"
@@ -28,7 +30,7 @@ def hf():
 @pytest.fixture(scope="module")
 def lm():
   """``(model, params, fwd)`` of the fixture; ``fwd(params, tokens, mask)`` -> logits (jitted)."""
-  model, params = gpt2.load_hf_gpt2(FIXTURE, dropout=False)
+  model, params = hf_gpt2.load_hf_gpt2(FIXTURE, dropout=False)
   fwd = jax.jit(lambda p, x, m: model.apply({"params": p}, x, attention_mask=m, train=False)[0])
   return model, params, fwd
 
@@ -38,8 +40,8 @@ def greedy(lm, hf):
   """Greedy decoding of the fixture's left-padded prompts, cached and uncached, with step logits."""
   model, params, _ = lm
   n, eos = int(hf["max_new_tokens"]), int(hf["eos_id"])
-  return {cached: gpt2.generate(model, params, hf["prompt_ids"], hf["prompt_mask"], n, use_cache=cached,
-                                eos_id=eos, return_logits=True)
+  return {cached: sampling.generate(model, params, hf["prompt_ids"], hf["prompt_mask"], n, use_cache=cached,
+                                    eos_id=eos, return_logits=True)
           for cached in (True, False)}
 
 
@@ -48,7 +50,8 @@ def greedy(lm, hf):
 
 def test_logits_match_stored_hf_outputs(lm, hf):
   model, params, fwd = lm
-  shape = (model.vocab_size, model.n_positions, model.n_embd, model.n_layer, model.n_head)
+  c = model.config
+  shape = (c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head)
   assert shape == (299, 64, 32, 2, 4)
   got = np.asarray(fwd(params, hf["input_ids"], None))
   assert got.shape == hf["logits"].shape and got.dtype == np.float32
@@ -75,8 +78,8 @@ def test_live_parity_with_a_fresh_random_hf_model(tmp_path):
     for _, p in hf_model.named_parameters():
       p.add_(0.1 * torch.randn_like(p))
   hf_model.save_pretrained(str(tmp_path))
-  model, params = gpt2.load_hf_gpt2(tmp_path)
-  assert model.n_inner == 40 and model.n_head == 3
+  model, params = hf_gpt2.load_hf_gpt2(tmp_path)
+  assert model.config.n_inner == 40 and model.config.n_head == 3
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 97, (2, 9))
   mask = np.ones((2, 9), bool)
@@ -134,7 +137,7 @@ def test_embeddings_input_equals_token_input(lm, hf, greedy):
   assert np.abs(np.asarray(by_emb(params, emb, mask)) - np.asarray(fwd(params, ids, mask))).max() < 1e-5
   n, eos = int(hf["max_new_tokens"]), int(hf["eos_id"])
   # {"params": ...} is accepted too; the settings of the `greedy` fixture reuse its compiled loop
-  out, logits = gpt2.generate(model, {"params": params}, emb, mask, n, eos_id=eos, return_logits=True)
+  out, logits = sampling.generate(model, {"params": params}, emb, mask, n, eos_id=eos, return_logits=True)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(greedy[True][0]))
   assert np.abs(np.asarray(logits) - np.asarray(greedy[True][1])).max() < 1e-5
 
@@ -144,7 +147,7 @@ def test_embeddings_input_equals_token_input(lm, hf, greedy):
 
 def test_filter_logits_top_k_and_top_p():
   logits = np.log(np.array([0.1, 0.4, 0.2, 0.3], np.float32))
-  filt = jax.jit(gpt2.filter_logits)  # top_k and top_p are traced: one compilation
+  filt = jax.jit(sampling.filter_logits)  # top_k and top_p are traced: one compilation
   kept = lambda top_k=0, top_p=1.0: np.isfinite(np.asarray(filt(logits, top_k, top_p)))  # noqa: E731
   np.testing.assert_array_equal(kept(), [True] * 4)
   np.testing.assert_array_equal(kept(top_k=2), [False, True, False, True])
@@ -159,16 +162,16 @@ def test_sampling_top_k_1_and_tiny_top_p_are_greedy(lm, hf, greedy):
   args = (model, params, hf["prompt_ids"], hf["prompt_mask"], int(hf["max_new_tokens"]))
   want = np.asarray(greedy[True][0])
   kw = dict(temperature=1.0, eos_id=int(hf["eos_id"]))
-  top1 = gpt2.generate(*args, rng=jax.random.PRNGKey(3), top_k=1, **kw)
-  tiny_p = gpt2.generate(*args, rng=jax.random.PRNGKey(4), top_p=1e-6, **kw)
+  top1 = sampling.generate(*args, rng=jax.random.PRNGKey(3), top_k=1, **kw)
+  tiny_p = sampling.generate(*args, rng=jax.random.PRNGKey(4), top_p=1e-6, **kw)
   np.testing.assert_array_equal(np.asarray(top1), want)
   np.testing.assert_array_equal(np.asarray(tiny_p), want)
-  a = gpt2.generate(*args, rng=jax.random.PRNGKey(5), **kw)
-  b = gpt2.generate(*args, rng=jax.random.PRNGKey(5), **kw)
-  c = gpt2.generate(*args, rng=jax.random.PRNGKey(6), **kw)
+  a = sampling.generate(*args, rng=jax.random.PRNGKey(5), **kw)
+  b = sampling.generate(*args, rng=jax.random.PRNGKey(5), **kw)
+  c = sampling.generate(*args, rng=jax.random.PRNGKey(6), **kw)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(np.asarray(a), np.asarray(c)) and not np.array_equal(np.asarray(a), want)
-  assert np.asarray(a).min() >= 0 and np.asarray(a).max() < model.vocab_size
+  assert np.asarray(a).min() >= 0 and np.asarray(a).max() < model.config.vocab_size
 
 
 def test_eos_stops_a_row_and_pads_it(lm, hf):
@@ -176,8 +179,8 @@ def test_eos_stops_a_row_and_pads_it(lm, hf):
   ref = hf["greedy_ids"]
   eos = int(ref[0, 1])  # row 0 produces it at step 0 or 1
   n = int(hf["max_new_tokens"])
-  out, logits = gpt2.generate(model, params, hf["prompt_ids"], hf["prompt_mask"], n, eos_id=eos, pad_id=-1,
-                              return_logits=True)  # the `greedy` fixture's compiled loop (eos is traced)
+  out, logits = sampling.generate(model, params, hf["prompt_ids"], hf["prompt_mask"], n, eos_id=eos,
+                                  pad_id=-1, return_logits=True)  # the `greedy` fixture's loop (eos traced)
   out, logits = np.asarray(out), np.asarray(logits)
   for row, got, lg in zip(ref, out, logits, strict=True):
     hits = np.flatnonzero(row == eos)
@@ -190,13 +193,13 @@ def test_generate_argument_errors(lm, hf):
   model, params, _ = lm
   ids = hf["prompt_ids"]
   with pytest.raises(ValueError, match="exceeds the model's n_positions=64"):
-    gpt2.generate(model, params, ids, None, 64)
+    sampling.generate(model, params, ids, None, 64)
   with pytest.raises(ValueError, match="needs rng"):
-    gpt2.generate(model, params, ids, None, 4, temperature=0.7)
+    sampling.generate(model, params, ids, None, 4, temperature=0.7)
   with pytest.raises(ValueError, match="int token ids"):
-    gpt2.generate(model, params, ids.astype(np.float32), None, 4)
+    sampling.generate(model, params, ids.astype(np.float32), None, 4)
   with pytest.raises(ValueError, match="prompt_mask must be"):
-    gpt2.generate(model, params, ids, np.ones((1, 2), bool), 4)
+    sampling.generate(model, params, ids, np.ones((1, 2), bool), 4)
   with pytest.raises(ValueError, match="exactly one of tokens"):
     model.apply({"params": params}, train=False)
 
@@ -209,10 +212,10 @@ def test_sequence_log_likelihood(lm, hf):
   prefix, pmask = hf["prompt_ids"], hf["prompt_mask"]  # left-padded prefixes
   targets = np.array([[5, 9, 11], [7, 0, 0], [3, 4, 0]], np.int32)
   tmask = targets > 0  # right-padded answers
-  got = np.asarray(gpt2.sequence_log_likelihood(model, params, prefix, targets, prefix_mask=pmask,
-                                                target_mask=tmask))
-  per_token = np.asarray(gpt2.token_log_probs(model, params, prefix, targets, prefix_mask=pmask,
-                                              target_mask=tmask))
+  got = np.asarray(sampling.sequence_log_likelihood(model, params, prefix, targets, prefix_mask=pmask,
+                                                    target_mask=tmask))
+  per_token = np.asarray(sampling.token_log_probs(model, params, prefix, targets, prefix_mask=pmask,
+                                                  target_mask=tmask))
   assert got.shape == (3,) and np.allclose(per_token.sum(1), got) and (per_token[~tmask] == 0).all()
   # reference: prefix + answer of each row at the start of its row, no mask (causal: padding after is inert)
   seqs = [np.concatenate([prefix[i, pmask[i]], targets[i, tmask[i]]]) for i in range(3)]
@@ -226,7 +229,7 @@ def test_sequence_log_likelihood(lm, hf):
     assert got[i] == pytest.approx(want, abs=1e-4)
   # a prefix given as embeddings scores the same
   emb = jax.jit(lambda p, x: model.apply({"params": p}, x, method=gpt2.GPT2.embed))(params, prefix)
-  by_emb = gpt2.sequence_log_likelihood(model, params, emb, targets, prefix_mask=pmask, target_mask=tmask)
+  by_emb = sampling.sequence_log_likelihood(model, params, emb, targets, prefix_mask=pmask, target_mask=tmask)
   assert np.abs(np.asarray(by_emb) - got).max() < 1e-4
 
 
@@ -234,8 +237,9 @@ def test_sequence_log_likelihood(lm, hf):
 
 
 def test_registry_logical_axes_and_sharding_over_8_devices():
-  assert models.get("gpt2") is gpt2.GPT2
-  model = models.build("gpt2", dict(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+  # GPT2 takes tokens, not a batch dict: the trainable LM of the registry is causal_lm, which holds it
+  assert "gpt2" not in models.names() and "causal_lm" in models.names()
+  model = gpt2.GPT2(gpt2.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
   tokens = np.random.default_rng(0).integers(0, 64, (4, 8)).astype(np.int32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, train=False))
   specs = nn.get_partition_spec(abstract)["params"]
@@ -257,7 +261,7 @@ def test_registry_logical_axes_and_sharding_over_8_devices():
 
 
 def test_training_step_lowers_the_loss_and_dropout_uses_the_rng():
-  model = gpt2.GPT2(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+  model = gpt2.GPT2(gpt2.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2))
   tokens = np.random.default_rng(0).integers(0, 40, (2, 12)).astype(np.int32)
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), tokens, train=False)))
   rng = np.random.default_rng(1)  # random parameters without compiling init
@@ -282,6 +286,21 @@ def test_training_step_lowers_the_loss_and_dropout_uses_the_rng():
     losses.append(float(loss))
   assert losses[-1] < losses[0]
   assert other_rng_loss != losses[0]  # dropout draws from the "dropout" rng
+
+
+def test_gpt2_config_variants_and_checks():
+  small = gpt2.GPT2Config()
+  assert gpt2.VARIANTS["gpt2"] == small and small.mlp_width == 3072 and small.head_dim == 64
+  assert {k: (v.n_layer, v.n_embd, v.n_head) for k, v in gpt2.VARIANTS.items()} == {
+      "gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
+      "gpt2-xl": (48, 1600, 25)}
+  quiet = small.no_dropout()
+  assert (quiet.embd_pdrop, quiet.attn_pdrop, quiet.resid_pdrop) == (0.0, 0.0, 0.0)
+  assert quiet.replace(n_inner=100).mlp_width == 100 and hash(quiet) != hash(small)  # hashable: jit-static
+  with pytest.raises(ValueError, match="not divisible by n_head"):
+    gpt2.GPT2Config(n_embd=10, n_head=3)
+  with pytest.raises(ValueError, match="unknown GPT-2 activation_function 'swish'"):
+    gpt2.GPT2Config(activation_function="swish")
 
 
 # --- the checkpoint loader's errors -------------------------------------------------------------------------
@@ -316,7 +335,7 @@ def test_loader_accepts_prefix_free_names_buffers_tied_head_and_bfloat16(tmp_pat
   renamed["lm_head.weight"] = renamed["wte.weight"].copy()
   renamed["h.0.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
   renamed["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)
-  _, params = gpt2.load_hf_gpt2(_copy_fixture(tmp_path, renamed))
+  _, params = hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path, renamed))
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, ref)
   import ml_dtypes
 
@@ -324,35 +343,35 @@ def test_loader_accepts_prefix_free_names_buffers_tied_head_and_bfloat16(tmp_pat
   half = {k: v.astype(ml_dtypes.bfloat16) for k, v in t.items()}
   save_file(half, str(tmp_path / "bf16" / "model.safetensors"))
   shutil.copy(FIXTURE / "config.json", tmp_path / "bf16" / "config.json")
-  _, params = gpt2.load_hf_gpt2(tmp_path / "bf16")
+  _, params = hf_gpt2.load_hf_gpt2(tmp_path / "bf16")
   assert params["wte"]["embedding"].dtype == jnp.float32
   assert np.abs(np.asarray(params["wte"]["embedding"]) - np.asarray(ref["wte"]["embedding"])).max() < 0.05
 
 
 def test_loader_errors_name_the_missing_path_or_file(tmp_path):
-  with pytest.raises(gpt2.HFCheckpointError, match="does not exist"):
-    gpt2.load_hf_gpt2(tmp_path / "nope")
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="does not exist"):
+    hf_gpt2.load_hf_gpt2(tmp_path / "nope")
   (tmp_path / "file").write_text("x")
-  with pytest.raises(gpt2.HFCheckpointError, match="not a directory"):
-    gpt2.load_hf_gpt2(tmp_path / "file")
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="not a directory"):
+    hf_gpt2.load_hf_gpt2(tmp_path / "file")
   only_weights = tmp_path / "w"
   only_weights.mkdir()
   shutil.copy(FIXTURE / "model.safetensors", only_weights)
-  with pytest.raises(gpt2.HFCheckpointError, match="has no config.json"):
-    gpt2.load_hf_gpt2(only_weights)
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="has no config.json"):
+    hf_gpt2.load_hf_gpt2(only_weights)
   only_config = tmp_path / "c"
   only_config.mkdir()
   shutil.copy(FIXTURE / "config.json", only_config)
-  with pytest.raises(gpt2.HFCheckpointError, match="has no model.safetensors") as e:
-    gpt2.load_hf_gpt2(only_config)
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="has no model.safetensors") as e:
+    hf_gpt2.load_hf_gpt2(only_config)
   assert "pytorch_model.bin" not in str(e.value)
   (only_config / "pytorch_model.bin").write_bytes(b"")
-  with pytest.raises(gpt2.HFCheckpointError, match=r"found \['pytorch_model.bin'\]"):
-    gpt2.load_hf_gpt2(only_config)
+  with pytest.raises(hf_gpt2.HFCheckpointError, match=r"found \['pytorch_model.bin'\]"):
+    hf_gpt2.load_hf_gpt2(only_config)
   bad = _copy_fixture(tmp_path)
   (bad / "model.safetensors").write_bytes(b"not a safetensors file")
-  with pytest.raises(gpt2.HFCheckpointError, match="could not read the safetensors file"):
-    gpt2.load_hf_gpt2(bad)
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="could not read the safetensors file"):
+    hf_gpt2.load_hf_gpt2(bad)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -364,44 +383,44 @@ def test_loader_errors_name_the_missing_path_or_file(tmp_path):
 ])
 def test_loader_rejects_configs_that_are_not_gpt2(tmp_path, change, message):
   config = {k: v for k, v in {**_config(), **change}.items() if v is not None}
-  with pytest.raises(gpt2.HFCheckpointError, match=message):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path, config=config))
+  with pytest.raises(hf_gpt2.HFCheckpointError, match=message):
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path, config=config))
 
 
 def test_loader_rejects_invalid_json(tmp_path):
   path = _copy_fixture(tmp_path)
   (path / "config.json").write_text("{not json")
-  with pytest.raises(gpt2.HFCheckpointError, match="config.json is not valid JSON"):
-    gpt2.load_hf_gpt2(path)
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="config.json is not valid JSON"):
+    hf_gpt2.load_hf_gpt2(path)
 
 
 def test_loader_tensor_errors(tmp_path):
   t = _tensors()
   missing = {k: v for k, v in t.items() if k != "transformer.h.1.mlp.c_fc.bias"}
-  with pytest.raises(gpt2.HFCheckpointError, match=r"missing tensors \['h.1.mlp.c_fc.bias'\]"):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "a", missing))
+  with pytest.raises(hf_gpt2.HFCheckpointError, match=r"missing tensors \['h.1.mlp.c_fc.bias'\]"):
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "a", missing))
   extra = {**t, "transformer.h.2.ln_1.weight": np.ones(32, np.float32), "score.weight": np.ones((2, 32))}
-  with pytest.raises(gpt2.HFCheckpointError,
+  with pytest.raises(hf_gpt2.HFCheckpointError,
                      match=r"unexpected tensors \['h.2.ln_1.weight', 'score.weight'\]"):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "b", extra))
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "b", extra))
   shape = {**t, "transformer.h.0.attn.c_attn.weight": np.zeros((96, 32), np.float32)}  # [out, in]: wrong
-  with pytest.raises(gpt2.HFCheckpointError,
+  with pytest.raises(hf_gpt2.HFCheckpointError,
                      match=r"tensor 'h.0.attn.c_attn.weight' has shape \(96, 32\), expected \(32, 96\)"):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "c", shape))
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "c", shape))
   untied = {**t, "lm_head.weight": t["transformer.wte.weight"] + 1}
-  with pytest.raises(gpt2.HFCheckpointError, match="lm_head.weight differs from wte.weight"):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "d", untied))
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="lm_head.weight differs from wte.weight"):
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "d", untied))
   twice = {**t, "wte.weight": t["transformer.wte.weight"]}
-  with pytest.raises(gpt2.HFCheckpointError, match="tensor 'wte.weight' appears twice"):
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "e", twice))
+  with pytest.raises(hf_gpt2.HFCheckpointError, match="tensor 'wte.weight' appears twice"):
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path / "e", twice))
   for d in "abcde":  # each case made its own directory
     assert (tmp_path / d / "ckpt").is_dir()
 
 
 def test_loader_config_and_vocab_mismatch_reported_together(tmp_path):
   config = {**_config(), "vocab_size": 300, "n_positions": 32}
-  with pytest.raises(gpt2.HFCheckpointError) as e:
-    gpt2.load_hf_gpt2(_copy_fixture(tmp_path, config=config))
+  with pytest.raises(hf_gpt2.HFCheckpointError) as e:
+    hf_gpt2.load_hf_gpt2(_copy_fixture(tmp_path, config=config))
   msg = str(e.value)
   assert "'wte.weight' has shape (299, 32), expected (300, 32)" in msg
   assert "'wpe.weight' has shape (64, 32), expected (32, 32)" in msg

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
+from mmjax import models
 from mmjax.models import mult, registry
+from mmjax.models.convert import mult_torch
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared/reference/golden/mult_original_default.npz"
 FEATS = (7, 5, 6)  # text, audio, vision input widths of the tiny tests
@@ -50,9 +52,9 @@ def test_golden_outputs_of_the_original_code():
   if not GOLDEN.exists():
     pytest.skip(f"golden file {GOLDEN} not found (it lives in the shared reference folder)")
   z = np.load(GOLDEN)
-  model = mult.MulT(**mult.kwargs_from_original_hparams(json.loads(str(z["hparams"]))))
-  params = mult.from_torch_state_dict({k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")},
-                                      model)
+  model = mult.MulT(**mult_torch.kwargs_from_original_hparams(json.loads(str(z["hparams"]))))
+  params = mult_torch.from_torch_state_dict(
+      {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}, model)
   batch = {"text": z["x_l"], "audio": z["x_a"], "vision": z["x_v"]}
   out, aux = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False))(params, batch)
   for got, want in ((out, z["output"]), (aux["last_hs"], z["last_hs"])):
@@ -96,7 +98,7 @@ def test_state_dict_import_maps_every_name_exactly_once(targets):
   shapes = original_state_dict_shapes(8, 1, FEATS, (1, 2, 3), letters, 2)
   # every tensor filled with its own constant 1, 2, 3, ... (exact in float32)
   sd = {n: np.full(s, i + 1, np.float32) for i, (n, s) in enumerate(shapes.items())}
-  params = mult.from_torch_state_dict(sd, model)
+  params = mult_torch.from_torch_state_dict(sd, model)
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), fake_batch(), train=False))["params"]
   assert shapes_of(params) == shapes_of(abstract)
   counts = {}
@@ -115,19 +117,42 @@ def test_state_dict_import_reports_missing_extra_and_wrong_shapes():
   model = tiny()
   sd = {n: np.zeros(s, np.float32)
         for n, s in original_state_dict_shapes(8, 1, FEATS, (1, 1, 1), "lav", 1).items()}
-  mult.from_torch_state_dict(sd, dict(width=8, num_heads=2, num_layers=1))  # kwargs work too
+  mult_torch.from_torch_state_dict(sd, dict(width=8, num_heads=2, num_layers=1))  # kwargs work too
   broken = dict(sd)
   del broken["trans_a_mem.layers.2.fc1.bias"]
   broken["trans_x_mem.layers.0.fc1.bias"] = np.zeros(3, np.float32)
   broken["proj1.weight"] = np.zeros((48, 47), np.float32)
   broken["proj_a.weight"] = np.zeros((8, 5, 3), np.float32)
   with pytest.raises(ValueError) as err:
-    mult.from_torch_state_dict(broken, model)
+    mult_torch.from_torch_state_dict(broken, model)
   msg = str(err.value)
   assert "missing names ['trans_a_mem.layers.2.fc1.bias']" in msg
   assert "unexpected names ['trans_x_mem.layers.0.fc1.bias']" in msg
   assert "proj1.weight: expected (48, 48), found (48, 47)" in msg
   assert "proj_a.weight: expected (8, 'F', 1), found (8, 5, 3)" in msg
+
+
+def test_mult_torch_loader_reads_npz_and_pt_state_dicts(tmp_path):
+  """The registered loader (config.init.format = "mult_torch") gives what from_torch_state_dict gives, from
+  an .npz of numpy arrays and (with torch installed) a .pt state dict read with weights_only=True."""
+  model = tiny(kernel_sizes=(1, 2, 3), output_dim=2)
+  shapes = original_state_dict_shapes(8, 1, FEATS, (1, 2, 3), "lav", 2)
+  rng = np.random.default_rng(0)
+  sd = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+  want = mult_torch.from_torch_state_dict(sd, model)
+  load = models.loader("mult_torch")
+  np.savez(tmp_path / "mult.npz", **sd)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, load(tmp_path / "mult.npz", model), want)
+  with pytest.raises(FileNotFoundError, match="do not exist"):
+    load(tmp_path / "nope.pt", model)
+  with pytest.raises(ValueError, match="builds MulT parameters, but the model being initialised is Frozen"):
+    load(tmp_path / "mult.npz", models.build("frozen", {}))
+  torch = pytest.importorskip("torch")
+  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "mult.pt")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, load(tmp_path / "mult.pt", model), want)
+  torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a whole pickled module: refused
+  with pytest.raises(ValueError, match="weights_only=True"):
+    load(tmp_path / "module.pt", model)
 
 
 # --- known answer: one crossmodal transformer from the equations ------------------------------------------

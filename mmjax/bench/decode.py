@@ -6,7 +6,7 @@
 
 A randomly initialised :class:`mmjax.models.gpt2.GPT2` (default: the 124M "gpt2" shape, vocab 50257)
 decodes ``--new_tokens`` tokens greedily after a random ``--prompt_len``-token prompt through
-:func:`mmjax.models.gpt2.generate`, once with ``use_cache=True`` (prefill, then one token per step) and
+:func:`mmjax.sampling.generate`, once with ``use_cache=True`` (prefill, then one token per step) and
 once with ``use_cache=False`` (the whole ``prompt_len + new_tokens`` buffer recomputed at every step).
 Per mode: the first call (compilation + one run, ``first_call_s``), then ``--reps`` timed calls, each
 followed by ``block_until_ready``: median time, ``tokens_per_s = batch * new_tokens / median`` (prefill
@@ -75,12 +75,14 @@ def benchmark(*, n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_posi
   import jax.numpy as jnp
   import numpy as np
 
+  from mmjax import sampling
   from mmjax.models import gpt2
 
   if prompt_len + new_tokens > n_positions:
     raise ValueError(f"prompt_len {prompt_len} + new_tokens {new_tokens} exceeds n_positions {n_positions}")
-  model = gpt2.GPT2(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                    n_head=n_head, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, dtype=jnp.dtype(dtype))
+  config = gpt2.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                           n_head=n_head).no_dropout()
+  model = gpt2.GPT2(config, dtype=jnp.dtype(dtype))
   t = time.perf_counter()
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
                                                         train=False)))["params"]
@@ -95,7 +97,7 @@ def benchmark(*, n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_posi
   peak = M.device_peak()
   modes, tokens = {}, {}
   for mode, cached in (("cached", True), ("uncached", False)):
-    fn = lambda cached=cached: gpt2.generate(model, params, prompt, None, new_tokens, use_cache=cached)  # noqa: E731
+    fn = lambda cached=cached: sampling.generate(model, params, prompt, None, new_tokens, use_cache=cached)  # noqa: E731
     out, first_s, times = _time(fn, reps)
     tokens[mode] = np.asarray(out)
     median = statistics.median(times)
@@ -171,8 +173,10 @@ def main(argv=None, *, prog: str | None = None) -> int:
   if args.smoke:
     settings = dict(SMOKE)
   else:
-    settings = dict(VARIANTS[args.preset], vocab_size=args.vocab_size, n_positions=args.n_positions,
-                    batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens, reps=args.reps)
+    preset = VARIANTS[args.preset]
+    settings = dict(n_layer=preset.n_layer, n_embd=preset.n_embd, n_head=preset.n_head,
+                    vocab_size=args.vocab_size, n_positions=args.n_positions, batch=args.batch,
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, reps=args.reps)
     for name in ("n_layer", "n_embd", "n_head"):
       if getattr(args, name) is not None:
         settings[name] = getattr(args, name)

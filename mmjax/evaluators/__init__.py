@@ -17,7 +17,7 @@ batches with ``run.eval_batches(split)``, evaluate with ``run.eval_step``, and o
 ``KEY_ema`` for the EMA parameters): evaluators use it to name the files they write.
 """
 
-from mmjax.evaluators import cross_modal, robustness, split_metrics  # noqa: F401  (registration)
+from mmjax.evaluators import cross_modal, fewshot, robustness, split_metrics  # noqa: F401  (registration)
 from mmjax.evaluators.registry import Result, build, get, names, register, specs
 
 __all__ = ["Result", "build", "get", "names", "register", "specs"]

@@ -1,15 +1,28 @@
-"""One file per model; importing this package registers every model in :mod:`mmjax.models.registry`."""
+"""One file per model; importing this package registers every model and every weight loader
+(:mod:`mmjax.models.convert`) in :mod:`mmjax.models.registry`."""
 
 from mmjax.models import (  # noqa: F401  (registration side effects)
+    causal_lm,
     early_fusion,
     frozen,
-    gpt2,
     late_fusion,
     mfm,
     mmvae,
     mult,
     mvae,
 )
-from mmjax.models.registry import build, fields, get, names, register
+from mmjax.models.convert import hf_gpt2, mult_torch  # noqa: F401  (loader registration)
+from mmjax.models.registry import (
+    build,
+    fields,
+    get,
+    loader,
+    loader_names,
+    names,
+    nested_fields,
+    register,
+    register_loader,
+)
 
-__all__ = ["build", "fields", "get", "names", "register"]
+__all__ = ["build", "fields", "get", "loader", "loader_names", "names", "nested_fields", "register",
+           "register_loader"]

@@ -9,10 +9,11 @@ images and text segments (sec. 3.3), which gives few-shot learning "for free" (s
 
 * :class:`VisionEncoder` — a residual conv net (the paper: NF-ResNet-50) pooled and linearly mapped to
   ``n x D``.
-* :class:`Frozen` — encoder + :class:`~mmjax.models.gpt2.GPT2` (parameters under ``lm``, so a pretrained LM
-  from ``config.init`` grafts there and ``optimizer.frozen = "lm/.*"`` freezes it through the optax mask);
-  ``__call__`` is the captioning forward pass, :meth:`Frozen.interleaved` the forward pass of any
-  interleaved sequence.
+* :class:`Frozen` — encoder + :class:`~mmjax.models.gpt2.GPT2` of shape ``lm`` (a
+  :class:`~mmjax.models.gpt2.GPT2Config`; parameters under ``lm``, so a pretrained LM from ``config.init``
+  grafts there and ``optimizer.frozen = "lm/.*"`` freezes it through the optax mask); ``__call__`` is the
+  captioning forward pass, :meth:`Frozen.interleaved` the forward pass of any interleaved sequence. The
+  language model alone is :class:`mmjax.models.causal_lm.CausalLM`.
 
 Deviations: the default encoder is a small pre-activation ResNet with GroupNorm (the paper's NF-ResNet-50 is
 normaliser-free; both avoid batch statistics) sized for small images; the LM is GPT-2 (the paper: a 7B
@@ -32,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.gpt2 import GPT2
+from mmjax.models.gpt2 import GPT2, GPT2Config
 from mmjax.models.registry import register
 
 
@@ -118,32 +119,15 @@ def nearest_token_embeddings(vectors, table):
   return jnp.take(table, jnp.argmax(v @ t.T, axis=-1), axis=0)
 
 
-def lm_fields(module) -> dict:
-  """The :class:`GPT2` constructor arguments held by ``module`` (Frozen / CausalLM share them)."""
-  return dict(vocab_size=module.vocab_size, n_positions=module.n_positions, n_embd=module.n_embd,
-              n_layer=module.n_layer, n_head=module.n_head, n_inner=module.n_inner,
-              activation_function=module.activation_function, layer_norm_epsilon=module.layer_norm_epsilon,
-              embd_pdrop=module.lm_dropout,
-              attn_pdrop=module.lm_dropout, resid_pdrop=module.lm_dropout, attention=module.attention,
-              dtype=module.dtype)
-
-
 @register("frozen")
 class Frozen(nn.Module):
   """Vision encoder prompting a (frozen) GPT-2; ``__call__`` returns ``(logits [B, T, V], aux)`` for the
   caption ``batch[text_key]``, where ``logits[:, t]`` predicts caption token ``t`` from the image prefix
   and the tokens before it; ``aux`` holds ``targets`` and ``weights`` for the ``next_token`` task."""
 
-  # The language model (GPT-2 fields; defaults: GPT-2 small).
-  vocab_size: int = 50257
-  n_positions: int = 1024
-  n_embd: int = 768
-  n_layer: int = 12
-  n_head: int = 12
-  n_inner: int | None = None
-  activation_function: str = "gelu_new"
-  layer_norm_epsilon: float = 1e-5
-  lm_dropout: float = 0.0  # the frozen LM runs deterministically
+  # The language model; in a config a (partial) dict of GPT2Config fields. Default: GPT-2 small without
+  # dropout (the frozen LM runs deterministically).
+  lm: GPT2Config = GPT2Config().no_dropout()
   # The vision encoder.
   num_prefix: int = 2
   vision_widths: Sequence[int] = (32, 64)
@@ -161,14 +145,14 @@ class Frozen(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.lm = GPT2(**lm_fields(self))
-    self.vision = VisionEncoder(self.n_embd, self.num_prefix, tuple(self.vision_widths), self.vision_blocks,
-                                self.prefix_head, self.dtype)
+    self.language_model = GPT2(self.lm, self.attention, self.dtype, name="lm")  # parameters under "lm"
+    self.vision = VisionEncoder(self.lm.n_embd, self.num_prefix, tuple(self.vision_widths),
+                                self.vision_blocks, self.prefix_head, self.dtype)
 
   def prefix(self, images):
-    """Visual prefix ``[B, num_prefix, n_embd]`` of images ``[B, H, W(, C)]``."""
-    p = self.vision(images, None if self.prefix_head == "linear" else self.lm.token_embeddings())
-    return nearest_token_embeddings(p, self.lm.token_embeddings()) if self.snap_prefix else p
+    """Visual prefix ``[B, num_prefix, lm.n_embd]`` of images ``[B, H, W(, C)]``."""
+    p = self.vision(images, None if self.prefix_head == "linear" else self.language_model.token_embeddings())
+    return nearest_token_embeddings(p, self.language_model.token_embeddings()) if self.snap_prefix else p
 
   def _check_trainable(self, train: bool):
     if train and self.snap_prefix:
@@ -186,7 +170,7 @@ class Frozen(nn.Module):
     """
     self._check_trainable(train)
     emb, real = self.embed_interleaved(images, tokens, slots, kinds)
-    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
+    logits, _ = self.language_model(embeddings=emb, attention_mask=real, train=train)
     return logits[:, self._num_bos:]
 
   @property
@@ -197,18 +181,19 @@ class Frozen(nn.Module):
     """``(emb, real)`` with the ``<bos>`` embedding (when ``bos_id`` is set) put first."""
     if self.bos_id is None:
       return emb, real
-    bos = self.lm.embed(jnp.full((emb.shape[0], 1), self.bos_id, jnp.int32)).astype(self.dtype)
+    bos = self.language_model.embed(jnp.full((emb.shape[0], 1), self.bos_id, jnp.int32)).astype(self.dtype)
     return (jnp.concatenate([bos, emb], axis=1),
             jnp.concatenate([jnp.ones((emb.shape[0], 1), bool), real.astype(bool)], axis=1))
 
   def embed_interleaved(self, images, tokens, slots, kinds):
-    """The LM input embeddings ``[B, L', n_embd]`` of an interleaved sequence and its mask ``[B, L']``
+    """The LM input embeddings ``[B, L', lm.n_embd]`` of an interleaved sequence and its mask ``[B, L']``
     (True = real), ``L' = L + 1`` with ``bos_id`` set, else ``L`` (arguments as in :meth:`interleaved`),
-    e.g. as a prompt for :func:`mmjax.models.gpt2.generate`."""
+    e.g. as a prompt for :func:`mmjax.sampling.generate`."""
     b, s = images.shape[:2]
-    pre = self.prefix(images.reshape(b * s, *images.shape[2:])).reshape(b, s * self.num_prefix, self.n_embd)
+    pre = self.prefix(images.reshape(b * s, *images.shape[2:]))
+    pre = pre.reshape(b, s * self.num_prefix, self.lm.n_embd)
     img = jnp.take_along_axis(pre, jnp.clip(slots, 0, s * self.num_prefix - 1)[..., None], axis=1)
-    text = self.lm.embed(tokens).astype(self.dtype)
+    text = self.language_model.embed(tokens).astype(self.dtype)
     return self._with_bos(jnp.where((kinds == 2)[..., None], img.astype(self.dtype), text), kinds > 0)
 
   def __call__(self, batch: dict, *, train: bool):
@@ -216,59 +201,10 @@ class Frozen(nn.Module):
     tokens = batch[self.text_key]
     mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
     prefix = self.prefix(batch[self.image_key])
-    emb = jnp.concatenate([prefix.astype(self.dtype), self.lm.embed(tokens).astype(self.dtype)], axis=1)
+    text = self.language_model.embed(tokens).astype(self.dtype)
+    emb = jnp.concatenate([prefix.astype(self.dtype), text], axis=1)
     real = jnp.concatenate([jnp.ones(prefix.shape[:2], bool), mask.astype(bool)], axis=1)
     emb, real = self._with_bos(emb, real)
-    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
+    logits, _ = self.language_model(embeddings=emb, attention_mask=real, train=train)
     n, t = self._num_bos + self.num_prefix, tokens.shape[1]
     return logits[:, n - 1:n - 1 + t], {"targets": tokens, "weights": mask.astype(jnp.float32)}
-
-
-@register("causal_lm")
-class CausalLM(nn.Module):
-  """A GPT-2 language model trained on the text of a dataset (``batch[text_key]``), with its parameters
-  under ``lm`` like :class:`Frozen`'s: train it, then graft it into Frozen with ``init.workdir`` and
-  ``init.source = init.target = "lm"``. ``logits[:, t]`` predicts token ``t`` from ``bos_id`` and the
-  tokens before it."""
-
-  vocab_size: int = 50257
-  n_positions: int = 1024
-  n_embd: int = 768
-  n_layer: int = 12
-  n_head: int = 12
-  n_inner: int | None = None
-  activation_function: str = "gelu_new"
-  layer_norm_epsilon: float = 1e-5
-  lm_dropout: float = 0.1
-  bos_id: int = 2  # "<bos>" of the digits captions vocabulary; GPT-2's is 50256 (<|endoftext|>)
-  text_key: str = "caption_tokens"
-  attention: str = "xla"
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.lm = GPT2(**lm_fields(self))
-
-  def embed_interleaved(self, images, tokens, slots, kinds):
-    """Text-only counterpart of :meth:`Frozen.embed_interleaved`: ``(embeddings [B, 1 + L, D], mask)`` of
-    ``<bos>`` and ``tokens`` (``kinds``: 1 token, 0 padding). This model has no vision encoder: ``images``
-    and ``slots`` are ignored, and sequences must hold no images (:mod:`mmjax.fewshot` checks)."""
-    del images, slots
-    b = tokens.shape[0]
-    emb = self.lm.embed(jnp.concatenate([jnp.full((b, 1), self.bos_id, tokens.dtype), tokens], axis=1))
-    return emb.astype(self.dtype), jnp.concatenate([jnp.ones((b, 1), bool), kinds > 0], axis=1)
-
-  def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):
-    """Logits ``[B, L, V]`` of a packed text-only sequence after ``<bos>`` (``logits[:, l]`` predicts
-    position ``l + 1``, as :meth:`Frozen.interleaved`), so the few-shot code scores a language model on
-    its own with the text stand-ins of images (:meth:`mmjax.fewshot.FewShot.episodes`, ``text_repeats``)."""
-    emb, real = self.embed_interleaved(images, tokens, slots, kinds)
-    logits, _ = self.lm(embeddings=emb, attention_mask=real, train=train)
-    return logits[:, 1:]
-
-  def __call__(self, batch: dict, *, train: bool):
-    tokens = batch[self.text_key]
-    mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
-    inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype), tokens[:, :-1]], 1)
-    real = jnp.concatenate([jnp.ones((tokens.shape[0], 1), bool), mask[:, :-1].astype(bool)], axis=1)
-    logits, _ = self.lm(inputs, attention_mask=real, train=train)
-    return logits, {"targets": tokens, "weights": mask.astype(jnp.float32)}

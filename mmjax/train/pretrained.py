@@ -1,11 +1,16 @@
-"""Starting a run from pretrained parameters (``config.init``): another run's checkpoint or a Hugging Face
-GPT-2 directory, grafted into a subtree of the new model's parameters.
+"""Starting a run from pretrained parameters (``config.init``), grafted into a subtree of the new model's
+parameters.
 
-Frozen (Tsimpoukelli et al., 2021) is the reason: its language model comes pretrained (``init.hf_gpt2``, or
-``init.workdir`` of a small LM trained by mmjax) and stays frozen (``optimizer.frozen``) while the vision
-encoder learns. Grafting happens once, on a fresh start; a resumed run restores its own checkpoint. Every
-leaf of the target subtree must be provided with its exact shape (a clear error names the first path that
-differs); the optimizer state is rebuilt for the grafted parameters.
+``init.format`` names the source: ``"mmjax"`` (the latest checkpoint of the mmjax run in ``init.path``) or
+a weight loader registered in :mod:`mmjax.models.registry` (e.g. ``"hf_gpt2"``, ``"mult_torch"``: foreign
+weights in ``init.path``); ``""`` starts from scratch. ``init.source`` cuts a subtree of those parameters,
+``init.target`` is where it goes. The engine names no model: loaders are looked up by name.
+
+Frozen (Tsimpoukelli et al., 2021) is the reason: its language model comes pretrained (a Hugging Face GPT-2,
+or a small LM trained by mmjax) and stays frozen (``optimizer.frozen``) while the vision encoder learns.
+Grafting happens once, on a fresh start; a resumed run restores its own checkpoint. Every leaf of the
+target subtree must be provided with its exact shape (a clear error names the first path that differs);
+the optimizer state is rebuilt for the grafted parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import models, pytree
+from mmjax.errors import ConfigError
 from mmjax.train.checkpoint import CheckpointError
+
+RUN_FORMAT = "mmjax"  # init.format of another mmjax run's checkpoint
 
 
 def _split(path: str) -> list[str]:
@@ -33,16 +42,11 @@ def subtree(params, path: str, what: str):
   return node
 
 
-def _flat(tree) -> dict:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
-
-
 def graft(params, pretrained, target: str = ""):
   """A copy of ``params`` with the subtree at ``target`` replaced by ``pretrained``, whose leaves must
   match the subtree's paths and shapes exactly (they take ``params``' dtypes). Works inside ``jit``."""
   current = subtree(params, target, "the model")
-  have, want = _flat(pretrained), _flat(current)
+  have, want = pytree.flatten(pretrained), pytree.flatten(current)
   missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
   if missing or unexpected:
     raise CheckpointError(f"pretrained parameters do not fit the model at {target or 'the root'!r}: "
@@ -69,33 +73,30 @@ def graft(params, pretrained, target: str = ""):
 
 def _match(pretrained, like):
   """``pretrained`` re-nested with ``like``'s tree structure (plain dicts; same paths)."""
-  flat = _flat(pretrained)
+  flat = pytree.flatten(pretrained)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-  return jax.tree_util.tree_unflatten(
-      treedef, [flat["/".join(str(getattr(k, "key", k)) for k in path)] for path, _ in leaves])
+  return jax.tree_util.tree_unflatten(treedef, [flat[pytree.path_str(path)] for path, _ in leaves])
 
 
-def load_run_params(workdir, step: int | None = None):
-  """Parameters (host numpy) of the checkpoint at ``step`` (default: latest) of the mmjax run in ``workdir``,
-  whose ``config.json`` says how to build it."""
-  from mmjax.train.run import restore_run  # the run imports this module
-
-  _, state = restore_run(workdir, step, devices=jax.local_devices()[:1])
-  return jax.device_get(state.params)
-
-
-def load_pretrained(init_cfg):
-  """The parameter tree ``config.init`` names (host numpy), cut to ``init.source``; None when it names
-  none."""
-  if init_cfg.workdir and init_cfg.hf_gpt2:
-    raise ValueError("config.init: set workdir or hf_gpt2, not both")
-  if init_cfg.workdir:
-    params = load_run_params(init_cfg.workdir)
-    return subtree(params, init_cfg.source, f"the run in {init_cfg.workdir!r}")
-  if init_cfg.hf_gpt2:
-    from mmjax.models.gpt2 import load_hf_gpt2
-
-    _, params = load_hf_gpt2(init_cfg.hf_gpt2)
-    params = params.get("params", params)
-    return subtree(jax.device_get(params), init_cfg.source, f"the GPT-2 checkpoint in {init_cfg.hf_gpt2!r}")
-  return None
+def load_pretrained(init_cfg, model=None, *, load_run=None):
+  """The parameter tree ``config.init`` names (host numpy), cut to ``init.source``; None when
+  ``init.format`` is empty. ``model`` (the model being initialised) is passed to the loader;
+  ``load_run(path) -> params`` reads another mmjax run (``mmjax.train.run`` passes it: restoring a run is
+  its business)."""
+  fmt, path = init_cfg.format, init_cfg.path
+  if not fmt:
+    return None
+  if not path:
+    raise ConfigError(f"config.init.format is {fmt!r} but init.path is empty: set the run directory or the "
+                      "weights file to load")
+  if fmt == RUN_FORMAT:
+    params, what = load_run(path), f"the run in {path!r}"
+  else:
+    try:
+      load = models.loader(fmt)
+    except KeyError as e:
+      raise ConfigError(f"config.init.format: {e.args[0]} Or {RUN_FORMAT!r} for an mmjax run.") from None
+    params, what = jax.device_get(load(path, model)), f"the {fmt} weights in {path!r}"
+  if isinstance(params, dict) and set(params) == {"params"}:
+    params = params["params"]
+  return subtree(params, init_cfg.source, what)

@@ -180,8 +180,8 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
   abstract = jax.tree_util.tree_map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
   init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
-  if config.init.workdir or config.init.hf_gpt2:
-    init_sharded = _with_pretrained(init, config.init, optimizer, state_shardings)
+  if config.init.format:
+    init_sharded = _with_pretrained(init, config.init, optimizer, state_shardings, model)
   identity = {"model": config.model.name, "kwargs": config.model.kwargs.to_dict()}
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                               keep=config.keep_checkpoints, identity=identity,
@@ -191,7 +191,7 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
              abstract, init_sharded, checkpointer)
 
 
-def _with_pretrained(init_fn, init_cfg, optimizer: Optimizer, shardings):
+def _with_pretrained(init_fn, init_cfg, optimizer: Optimizer, shardings, model):
   """A sharded init that grafts the parameters ``config.init`` names into ``init_fn()``'s (see
   :mod:`mmjax.train.pretrained`) and builds the optimizer (and EMA) state for the result, in one jitted
   call (the pretrained arrays are its arguments, not constants)."""
@@ -203,9 +203,17 @@ def _with_pretrained(init_fn, init_cfg, optimizer: Optimizer, shardings):
     return state.replace(params=params, opt_state=optimizer.tx.init(params), ema_params=ema)
 
   def init():
-    return jax.jit(grafted, out_shardings=shardings)(pretrained.load_pretrained(init_cfg))
+    weights = pretrained.load_pretrained(init_cfg, model, load_run=run_params)
+    return jax.jit(grafted, out_shardings=shardings)(weights)
 
   return init
+
+
+def run_params(workdir, step=None):
+  """Parameters (host numpy) of the checkpoint at ``step`` (default: latest) of the run in ``workdir``
+  (``init.format = "mmjax"``)."""
+  _, state = restore_run(workdir, step, devices=jax.local_devices()[:1])
+  return jax.device_get(state.params)
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
@@ -219,6 +227,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   except ValueError as e:
     raise CheckpointError(f"{path} is damaged ({e}); pass --config with the config the run was trained "
                           "with") from None
+  cfg.pop("init", None)  # the run's own pretrained source is not needed to restore it
   return validate(ml_collections.ConfigDict(cfg))
 
 
@@ -230,7 +239,7 @@ def restore_run(workdir, step=None, *, config=None, devices=None) -> tuple[Run, 
   :class:`Run` stays usable for evaluation."""
   config = read_config(workdir) if config is None else config
   config = ml_collections.ConfigDict(config.to_dict())
-  config.init.workdir = config.init.hf_gpt2 = ""  # a pretrained source is not needed to restore
+  config.init.format = config.init.path = ""  # a pretrained source is not needed to restore
   run = build_run(config, workdir, devices, read_only=True)
   if not run.checkpointer.directory.is_dir():
     raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}; train first (mmjax train ...)")

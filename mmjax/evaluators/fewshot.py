@@ -1,4 +1,5 @@
-"""Few-shot evaluation of Frozen with interleaved image/text prompts (Tsimpoukelli et al., 2021, sec. 4).
+"""``fewshot``: few-shot evaluation of Frozen with interleaved image/text prompts (Tsimpoukelli et al.,
+2021, sec. 4), as an evaluator (at the end of training or every N steps) and behind ``mmjax fewshot``.
 
 Each episode is one interleaved sequence: ``k`` support examples per class, each an image followed by its
 caption, then the query image and the prompt; every candidate answer is scored by its log-likelihood
@@ -30,6 +31,10 @@ greedily after the prompt with no candidate list, and the episode counts when it
 
 Sequences are packed on the host (:func:`pack`): positions hold tokens or image-prefix vectors, right
 padded, so a batch of episodes runs through :meth:`mmjax.models.frozen.Frozen.interleaved` in one call.
+
+Evaluator kwargs (metrics ``PROTOCOL/k`` and ``PROTOCOL_open_ended/k``; the whole result also goes to
+``<workdir>/fewshot/NAME-stepN.json``): ``protocols``, ``shots``, ``episodes``, ``ways``, ``split``,
+``seed``, ``open_ended``, ``text_repeats``, ``snap_prefix``, ``text_support`` (as :func:`fewshot_scores`).
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.config import ConfigError
 from mmjax.data import pipeline
+from mmjax.errors import ConfigError
+from mmjax.evaluators.registry import Result, register
+from mmjax.files import write_json
+from mmjax.models.gpt2 import GPT2
+from mmjax.sampling import generate
 
 
 def pack(sequences: Sequence[Sequence], num_prefix: int, length: int | None = None):
@@ -207,11 +216,8 @@ class FewShot:
 def evaluate_open_ended(model, params, episodes: list, batch_size: int = 64) -> float:
   """Open-ended accuracy: greedy decoding after each episode's prompt (no candidate list); an episode
   counts when the decoded tokens start with its correct answer."""
-  from mmjax.models.frozen import lm_fields
-  from mmjax.models.gpt2 import GPT2, generate
-
   _check_model_takes(model, episodes)
-  lm = GPT2(**lm_fields(model))
+  lm = GPT2(model.lm, model.attention, model.dtype)  # Frozen's and CausalLM's LM (parameters "lm")
   num_prefix = getattr(model, "num_prefix", 1)
   length = max(sum(num_prefix if isinstance(x, tuple) else 1 for x in ep.prompt) for ep in episodes)
   num_images = max(1, max(len(ep.images) for ep in episodes))
@@ -274,44 +280,41 @@ PROTOCOLS = ("fast_binding", "classification")
 
 
 def default_fewshot(config) -> FewShot:
-  """The :class:`FewShot` of a Frozen config: the GPT-2 tokenizer of ``config.init.hf_gpt2`` when the LM
-  is GPT-2, else the digits captions vocabulary; the digit names as class names."""
+  """The :class:`FewShot` of a Frozen config: the GPT-2 tokenizer of the Hugging Face directory
+  ``config.init.path`` when the LM comes from one (``init.format = "hf_gpt2"``), else the digits captions
+  vocabulary; the digit names as class names."""
   from mmjax.data.builders.digits_av import LABEL_NAMES
 
-  if config.init.hf_gpt2:
+  if config.init.format == "hf_gpt2":
     from mmjax.data.gpt2_tokenizer import GPT2Tokenizer
 
-    tokenizer = GPT2Tokenizer.from_dir(config.init.hf_gpt2)
+    tokenizer = GPT2Tokenizer.from_dir(config.init.path)
     return FewShot(encode=tokenizer.encode, class_names=LABEL_NAMES)
   from mmjax.data.builders.digits_av_captions import encode_caption
 
   return FewShot(encode=lambda text: encode_caption(text).tolist(), class_names=LABEL_NAMES)
 
 
-def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
-                ways: int = 2, split: str | None = None, seed: int = 0, step: int | None = None,
-                open_ended: bool = True, text_repeats: int = 2, snap_prefix: bool = False,
-                text_support: bool = False, echo=print) -> dict:
-  """Few-shot accuracy of the checkpoint in ``workdir`` (latest, or ``step``): ``{protocol: {k: accuracy}}``
-  (scoring the candidates) and, with ``open_ended``, ``{protocol + "_open_ended": {k: accuracy}}`` (greedy
-  decoding, :func:`evaluate_open_ended`), plus the settings; also written to ``<workdir>/fewshot.json``.
+def fewshot_scores(run, params, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5), episodes: int = 200,
+                   ways: int = 2, split: str | None = None, seed: int = 0, open_ended: bool = True,
+                   text_repeats: int = 2, snap_prefix: bool = False, text_support: bool = False,
+                   echo=print) -> dict:
+  """Few-shot accuracy of ``params`` of ``run`` (a :class:`mmjax.train.run.Run`):
+  ``{protocol: {k: accuracy}}`` (scoring the candidates) and, with ``open_ended``,
+  ``{protocol + "_open_ended": {k: accuracy}}`` (greedy decoding, :func:`evaluate_open_ended`), plus the
+  settings.
 
-  A Frozen checkpoint is scored on labelled images of ``split`` (default: the test split of
-  ``config.data``); a language model alone (``causal_lm``) on text-only episodes whose images are the class
-  names repeated ``text_repeats`` times (``mode: "text"`` in the result). ``snap_prefix`` scores the Frozen
-  model with every prefix vector replaced by its nearest token embedding (``Frozen.snap_prefix``; not in
-  the paper), the checkpoint unchanged; ``text_support`` gives Frozen episodes whose support examples are
-  text stand-ins (``text_repeats`` words) and whose query is an image, a diagnostic of how the LM reads
-  image queries apart from image support lines."""
-  import json
-  from pathlib import Path
-
-  from mmjax.train.run import restore_run
-
+  A Frozen model is scored on labelled images of ``split`` (default: the test split of the run's data); a
+  language model alone (``causal_lm``) on text-only episodes whose images are the class names repeated
+  ``text_repeats`` times (``mode: "text"`` in the result). ``snap_prefix`` scores the Frozen model with
+  every prefix vector replaced by its nearest token embedding (``Frozen.snap_prefix``; not in the paper),
+  the parameters unchanged; ``text_support`` gives Frozen episodes whose support examples are text
+  stand-ins (``text_repeats`` words) and whose query is an image, a diagnostic of how the LM reads image
+  queries apart from image support lines."""
+  config = run.config
   for p in protocols:
     if p not in PROTOCOLS:
       raise ConfigError(f"unknown few-shot protocol {p!r}; available: {PROTOCOLS}")
-  run, state = restore_run(workdir, step, config=config, devices=jax.local_devices()[:1])
   _check_model_takes(run.model, [])
   fs = default_fewshot(config)
   text = not hasattr(run.model, "prefix")
@@ -328,9 +331,9 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
   else:
     split = split or config.data.test_split or config.data.eval_split
     pool = class_pool(config.data, split, run.model.image_key)
-  params = jax.device_get(state.params)
+  params = jax.device_get(params)
   result = {"mode": "text" if text else "images", "split": split, "episodes": episodes, "ways": ways,
-            "seed": seed, "step": int(jax.device_get(state.step))}
+            "seed": seed}
   if text:
     result["text_repeats"] = text_repeats
   else:
@@ -351,6 +354,29 @@ def run_fewshot(config, workdir, *, protocols=PROTOCOLS, shots=(0, 1, 2, 3, 4, 5
             model, params, eps)
         msg += f", open-ended {acc_open:.4f}"
       echo(f"{msg} ({episodes} episodes)")
-  if jax.process_index() == 0:
-    (Path(workdir) / "fewshot.json").write_text(json.dumps(result, indent=2) + "\n")
   return result
+
+
+@register("fewshot")
+class FewShotEvaluator:
+  """Few-shot accuracy per protocol and number of shots (see the module docstring)."""
+
+  def __init__(self, run, **kwargs):
+    self.run = run
+    self.kwargs = dict(kwargs)
+    for key in ("protocols", "shots"):
+      if isinstance(self.kwargs.get(key), str):
+        self.kwargs[key] = tuple(x.strip() for x in self.kwargs[key].split(",") if x.strip())
+    if "shots" in self.kwargs:
+      self.kwargs["shots"] = tuple(int(k) for k in self.kwargs["shots"])
+    _check_model_takes(run.model, [])
+
+  def evaluate(self, params, *, step: int, name: str) -> Result:
+    result = fewshot_scores(self.run, params, echo=lambda *a: None, **self.kwargs)
+    metrics = {f"{protocol}/{k}": acc for protocol, by_k in result.items() if isinstance(by_k, dict)
+               for k, acc in by_k.items()}
+    files = []
+    if self.run.is_main:
+      files.append(write_json(self.run.workdir / "fewshot" / f"{name}-step{step:06d}.json",
+                              {**result, "step": step}))
+    return Result(metrics, files=files)
