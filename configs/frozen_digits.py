@@ -10,11 +10,13 @@ Two stages, two commands (the second reads the first's checkpoint):
    vision encoder to caption ``digits_av_captions/all_templates`` (each image with each of its captions)
    through a 2-vector visual prefix (n = 2, as the paper), after the ``<bos>`` the LM was pretrained with.
 
-Then ``mmjax fewshot --config configs/frozen_digits.py --workdir runs/frozen_digits`` scores fast binding
-(and real-name classification) with k = 0..5 shots (``--snap_prefix``: with the prefixes snapped to the
-nearest token embeddings). ``FILE:lm,runlocal`` / ``FILE:runlocal`` shrink the runs
-for smoke tests; ``FILE:vocab`` trains the encoder with the ``vocab_mixture`` prefix head (not the paper's;
-README: Frozen).
+Both stages end with ``fewshot`` evaluators (the LM alone on text stand-ins; Frozen with images, also with
+snapped prefixes and with text support lines), whose accuracies land in ``metrics.json``. Any checkpoint
+can be scored again with ``mmjax fewshot --config configs/frozen_digits.py --workdir runs/frozen_digits``:
+fast binding (and real-name classification) with k = 0..5 shots (``--snap_prefix``: with the prefixes
+snapped to the nearest token embeddings). ``FILE:lm,runlocal`` / ``FILE:runlocal`` shrink the runs for
+smoke tests (without the evaluators); ``FILE:vocab`` trains the encoder with the ``vocab_mixture`` prefix
+head (not the paper's; README: Frozen).
 """
 
 from mmjax.config import default_config
@@ -57,6 +59,8 @@ def get_config(arg=None):
     c.optimizer.lr = 1e-3
     c.optimizer.weight_decay = 0.01
     c.eval_every = c.checkpoint_every = 2000
+    # At the end: few-shot on text-only episodes (each image replaced by its digit word twice), the LM alone.
+    c.evaluators.fewshot = {"name": "fewshot", "every": 0, "kwargs": {"episodes": 200}}
   else:  # stage 2: Frozen
     # every image with each of its six captions: with one fixed caption per image the encoder can memorise
     # the caption's template instead of reading the digit (see the builder's docstring)
@@ -74,8 +78,17 @@ def get_config(arg=None):
     c.eval_every = c.checkpoint_every = 500
     if "vocab" in parts:  # not the paper's: prefixes are mixtures of token embeddings (see VisionEncoder)
       c.model.kwargs.prefix_head = "vocab_mixture"
+    # At the end: 2-way few-shot (k = 0..5, 200 episodes each), and the two diagnostics of the README:
+    # prefixes snapped to their nearest token embeddings, and support examples given as text.
+    c.evaluators.fewshot = {"name": "fewshot", "every": 0, "kwargs": {"episodes": 200}}
+    c.evaluators.fewshot_snapped = {"name": "fewshot", "every": 0,
+                                    "kwargs": {"episodes": 200, "snap_prefix": True}}
+    text_support = {"episodes": 200, "text_support": True, "open_ended": False,
+                    "protocols": ("fast_binding",)}
+    c.evaluators.fewshot_text_support = {"name": "fewshot", "every": 0, "kwargs": text_support}
   if "runlocal" in parts:
     c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 4, 2, 0, 0
     c.batch_size, c.eval_batch_size = 8, 128
     c.progress = False
+    c.evaluators = {}
   return c
