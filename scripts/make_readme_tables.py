@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's mmjax, installed or not
 from mmjax.sweep import markdown_table, table_footnote  # noqa: E402
 
 # table id -> dataset (the folder under results/), leading headers ("model" and optionally "config"),
-# rows (result name, label, config as passed to `mmjax sweep --config`) and columns (metric path in
-# summary.json, header, cell format: "percent", "int" or "<k>f" for k decimals).
+# rows (result name, label, config as passed to `mmjax sweep --config`, and optionally a prefix of the
+# metric paths the row reads) and columns (metric path in summary.json after that prefix, header, cell
+# format: "percent", "int" or "<k>f" for k decimals).
 TABLES = {
     "digits_av": {
         "dataset": "digits_av",
@@ -44,6 +45,25 @@ TABLES = {
             ("num_params", "params", "int"),
             ("validation/accuracy", "validation acc.", "percent"),
             ("test/accuracy", "test acc.", "percent"),
+            ("best/test/accuracy", "test acc., best val. loss", "percent"),
+        ],
+    },
+    "robustness_digits_av": {
+        "dataset": "digits_av",
+        "lead": ("model",),
+        "rows": [
+            ("late_fusion", "late fusion", "configs/late_fusion_digits.py"),
+            ("early_fusion", "early fusion", "configs/early_fusion_digits.py"),
+            ("mult", "MulT", "configs/mult_digits.py"),
+        ],
+        "columns": [
+            ("robustness/clean/accuracy", "clean", "percent"),
+            ("robustness/drop/image/accuracy", "image dropped", "percent"),
+            ("robustness/drop/audio/accuracy", "speech dropped", "percent"),
+            ("robustness/drop/text/accuracy", "text dropped", "percent"),
+            ("robustness/noise/image/1/accuracy", "image noise 1 s.d.", "percent"),
+            ("robustness/noise/audio/1/accuracy", "speech noise 1 s.d.", "percent"),
+            ("robustness/noise/text/0.5/accuracy", "text 50 % swapped", "percent"),
         ],
     },
     "mult_digits_av": {
@@ -73,16 +93,64 @@ TABLES = {
             ("test/recon_error/image", "recon. image", "3f"),
             ("test/recon_error/audio", "recon. audio", "3f"),
             ("test/recon_error/text", "recon. text", "3f"),
-            ("test/coherence/audio->image", "speech->image", "percent"),
-            ("test/coherence/text->image", "text->image", "percent"),
-            ("test/coherence/image->audio", "image->speech", "percent"),
+            ("test_coherence/audio->image", "speech->image", "percent"),
+            ("test_coherence/text->image", "text->image", "percent"),
+            ("test_coherence/image->audio", "image->speech", "percent"),
         ],
     },
 }
 
+_SHOTS = [(str(k), f"k = {k}" if k == 0 else str(k), "percent") for k in range(6)]
+TABLES["frozen_text_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("the LM alone, text only",),
+    "rows": [
+        ("frozen_lm", "fast binding (scored)", "configs/frozen_digits.py:lm", "fewshot/fast_binding/"),
+        ("frozen_lm", "fast binding (open-ended)", "configs/frozen_digits.py:lm",
+         "fewshot/fast_binding_open_ended/"),
+        ("frozen_lm", "classification (scored)", "configs/frozen_digits.py:lm", "fewshot/classification/"),
+    ],
+    "columns": _SHOTS,
+}
+_IMAGE_ROWS = [
+    ("classification (scored)", "fewshot/classification/"),
+    ("classification (open-ended)", "fewshot/classification_open_ended/"),
+    ("fast binding (scored)", "fewshot/fast_binding/"),
+    ("fast binding (open-ended)", "fewshot/fast_binding_open_ended/"),
+    ("snapped (`--snap_prefix`): classification (scored)", "fewshot_snapped/classification/"),
+    ("snapped: fast binding (scored)", "fewshot_snapped/fast_binding/"),
+    ("snapped: fast binding (open-ended)", "fewshot_snapped/fast_binding_open_ended/"),
+    ("support as text (`--text_support`): fast binding (scored)", "fewshot_text_support/fast_binding/"),
+]
+TABLES["frozen_images_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("Frozen, images",),
+    "rows": [(name, f"{head}: {label}", config, prefix)
+             for name, head, config in (("frozen", "linear head (the paper's)", "configs/frozen_digits.py"),
+                                        ("frozen-vocab", "vocab mixture", "configs/frozen_digits.py:vocab"))
+             for label, prefix in _IMAGE_ROWS],
+    "columns": _SHOTS,
+}
+
+TABLES["frozen_perplexity_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("model", "config"),
+    "rows": [
+        ("frozen_lm", "the LM alone (validation documents)", "configs/frozen_digits.py:lm", "validation/"),
+        ("frozen", "Frozen, linear head (test captions)", "configs/frozen_digits.py", "test/"),
+        ("frozen-vocab", "Frozen, vocab mixture (test captions)", "configs/frozen_digits.py:vocab", "test/"),
+    ],
+    "columns": [("perplexity", "perplexity", "2f"), ("token_accuracy", "token accuracy", "percent")],
+}
+
 MARKER = re.compile(r"<!-- table:(?P<id>[\w.-]+) -->\n(?P<body>.*?)<!-- /table:(?P=id) -->", re.S)
-# Overrides that say where the data are, not what was trained: left out of the config cell.
-_PLACE_ONLY = ("data.data_dir=", "data.manual_dir=")
+# Overrides that say where files are, not what was trained: left out of the config cell.
+_PLACE_ONLY = ("data.data_dir=", "data.manual_dir=", "init.path=", "progress=")
+
+
+def _place_only(override: str) -> bool:
+  key = override.split("=", 1)[0]
+  return override.startswith(_PLACE_ONLY) or ".classifiers." in key
 
 
 class TableError(Exception):
@@ -98,7 +166,7 @@ def load_rows(table_id: str, spec: dict, results: Path) -> list[tuple[list[str],
   """``(leading cells, summary)`` per row of a table spec; every summary must exist and have been made
   with the row's config."""
   rows, missing = [], []
-  for name, label, config in spec["rows"]:
+  for name, label, config, *prefix in spec["rows"]:
     path = results / spec["dataset"] / name / "summary.json"
     if not path.is_file():
       missing.append(f"{path} (mmjax sweep --config {config} --seeds 0,1,2 --workdir runs/sweeps/{name}, "
@@ -111,7 +179,10 @@ def load_rows(table_id: str, spec: dict, results: Path) -> list[tuple[list[str],
     if not _config_matches(str(summary.get("config", "")), config):
       raise TableError(f"{path} was made with config {summary.get('config')!r}, but table {table_id!r} "
                        f"labels it {config!r}: fix TABLES in {Path(__file__).name} or the results")
-    extra = [o for o in summary.get("overrides", ()) if not o.startswith(_PLACE_ONLY)]
+    if prefix:  # the row reads the metrics under a prefix, e.g. "fewshot/fast_binding/"
+      summary = {**summary, "metrics": {k[len(prefix[0]):]: v for k, v in summary.get("metrics", {}).items()
+                                        if k.startswith(prefix[0])}}
+    extra = [o for o in summary.get("overrides", ()) if not _place_only(o)]
     cell = f"`{config}`" + (" " + " ".join(f"`{o}`" for o in extra) if extra else "")
     rows.append(([label, cell][:len(spec["lead"])], summary))
   if missing:
