@@ -13,8 +13,6 @@ current working directory, created if missing).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.bench import machine as M
+from mmjax.files import write_json
 from mmjax.layers import attention as A
 
 CPU_MAX_SCORE_ELEMS = 2**25  # dense kernels on CPU: skip when B*H*Lq*Lk exceeds this (time bound)
@@ -234,9 +233,7 @@ def run(argv=None, *, prog: str | None = None) -> Path:
                else "skipped: " + rec["skipped"])
         print(f"{s['group']:18s} {s['lq']:>5}x{s['lk']:<5} D={s['d']:<3} {s['dtype']:8s} {mode:7s} "
               f"{kernel:7s} {msg}", flush=True)
-  out = M.out_dir(args.out)
-  kind = device.device_kind.replace(" ", "_").lower() if on_gpu else "cpu"
-  stem = f"attention-{kind}-{datetime.date.today().isoformat()}"
+  json_path = M.result_path(args.out, "attention", device.device_kind if on_gpu else "cpu")
   doc = {"machine": M.machine(device, cpu), "peak_tflops": peak,
          "grid": "smoke" if args.smoke else "quick" if quick else "full",
          "reps": reps,
@@ -246,10 +243,9 @@ def run(argv=None, *, prog: str | None = None) -> Path:
          "auto_policy": {"cpu_chunked_above_score_bytes": A.AUTO_CHUNKED_SCORE_BYTES,
                          "accel_chunked_above_score_bytes": A.AUTO_CHUNKED_SCORE_BYTES_ACCEL},
          "results": results}
-  json_path = out / f"{stem}.json"
-  json_path.write_text(json.dumps(doc, indent=1))
-  if plot(results, out / f"{stem}.png", f"{device.device_kind} - jax {jax.__version__}"):
-    print("wrote", out / f"{stem}.png")
+  write_json(json_path, doc)
+  if plot(results, json_path.with_suffix(".png"), f"{device.device_kind} - jax {jax.__version__}"):
+    print("wrote", json_path.with_suffix(".png"))
   print("wrote", json_path)
   return json_path
 

@@ -18,12 +18,8 @@ keyed by the settings, into ``<out>/decode-<device kind>-<YYYY-MM-DD>.json`` wit
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import re
 import statistics
 import time
-from pathlib import Path
 
 from mmjax.bench import machine as M
 
@@ -126,26 +122,6 @@ def benchmark(*, n_layer: int, n_embd: int, n_head: int, vocab_size: int, n_posi
   }
 
 
-def _slug(text: str) -> str:
-  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
-
-
-def write_result(out_dir, key: str, machine: dict, result: dict) -> Path:
-  """Merges ``result`` under ``key`` into today's ``decode-<device>-<date>.json``; returns its path."""
-  import jax
-
-  date = datetime.date.today().isoformat()
-  path = M.out_dir(out_dir) / f"decode-{_slug(jax.devices()[0].device_kind)}-{date}.json"
-  data = json.loads(path.read_text()) if path.exists() else {}
-  data["machine"] = machine
-  data.setdefault("results", {})[key] = {
-      **result, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
-      "load_average_1m": M.load_average(),
-  }
-  path.write_text(json.dumps(data, indent=2) + "\n")
-  return path
-
-
 def main(argv=None, *, prog: str | None = None) -> int:
   """Command-line entry point (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
   from mmjax.models.gpt2 import VARIANTS
@@ -191,7 +167,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
   key = (("smoke " if args.smoke else "")
          + f"L{m['n_layer']}-D{m['n_embd']}-H{m['n_head']}-V{m['vocab_size']} batch {result['batch']} "
            f"prompt {result['prompt_len']} new {result['new_tokens']} {args.dtype}")
-  path = write_result(Path(args.out), key, M.machine(), result)
+  path = M.write_result(args.out, "decode", key, M.machine(), result)
   c, u = result["modes"]["cached"], result["modes"]["uncached"]
   print(f"{key} ({m['num_params'] / 1e6:.1f}M params): cached {c['tokens_per_s']:.1f} tokens/s "
         f"({c['ms_per_token']:.1f} ms/token), uncached {u['tokens_per_s']:.1f} tokens/s "

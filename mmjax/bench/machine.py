@@ -1,13 +1,17 @@
-"""The machine a benchmark ran on, and the peak FLOP/s of its device.
+"""The machine a benchmark ran on, the peak FLOP/s of its device, and where results are written.
 
 :func:`machine` is recorded with every benchmark result; :func:`peak_tflops` gives the dense peak of a
-device kind (a table for known accelerators, an estimate from ``/proc/cpuinfo`` for the CPU backend).
+device kind (a table for known accelerators, an estimate from ``/proc/cpuinfo`` for the CPU backend);
+:func:`write_result` is the one way a benchmark writes its JSON (one file per benchmark, device kind and
+date, under ``benchmarks/results``).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import re
 from pathlib import Path
 
 # Default results directory of every benchmark, relative to the current working directory (run from the
@@ -130,3 +134,32 @@ def load_average() -> float | None:
     return os.getloadavg()[0]
   except (AttributeError, OSError):
     return None
+
+
+def device_slug(device_kind: str) -> str:
+  """A file-name-safe form of a device kind (``"NVIDIA H200"`` -> ``"nvidia-h200"``)."""
+  return re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-") or "device"
+
+
+def result_path(out: str | os.PathLike | None, benchmark: str, device_kind: str) -> Path:
+  """``<out>/<benchmark>-<device>-<date>.json`` (the folder is created)."""
+  date = datetime.date.today().isoformat()
+  return out_dir(out) / f"{benchmark}-{device_slug(device_kind)}-{date}.json"
+
+
+def write_result(out: str | os.PathLike | None, benchmark: str, key: str, machine_info: dict,
+                 result: dict) -> Path:
+  """Merges ``result`` under ``key`` into today's results file of ``benchmark`` for this machine's device
+  kind (``machine_info["device_kind"]``), with a timestamp and the load average; returns its path. The file
+  is replaced atomically, so a benchmark cut off mid-write keeps the results it had."""
+  from mmjax.files import read_json, write_json
+
+  path = result_path(out, benchmark, machine_info.get("device_kind", "device"))
+  data = read_json(path, {}) or {}
+  data["machine"] = machine_info
+  data.setdefault("results", {})[key] = {
+      **result, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
+      "load_average_1m": load_average(),
+  }
+  write_json(path, data)
+  return path

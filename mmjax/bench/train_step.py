@@ -16,14 +16,10 @@ block at the end, so dispatch overlaps compute). Results are merged, keyed by th
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import re
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from mmjax.bench import machine as M
 
@@ -120,26 +116,6 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
   }
 
 
-def _slug(text: str) -> str:
-  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
-
-
-def write_result(out_dir: Path, key: str, machine: dict, result: dict) -> Path:
-  """Merges ``result`` under ``key`` into today's results file for this device kind; returns its path."""
-  import jax
-
-  date = datetime.date.today().isoformat()
-  path = M.out_dir(out_dir) / f"train_step-{_slug(jax.devices()[0].device_kind)}-{date}.json"
-  data = json.loads(path.read_text()) if path.exists() else {}
-  data["machine"] = machine
-  data.setdefault("results", {})[key] = {
-      **result, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
-      "load_average_1m": M.load_average(),
-  }
-  path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-  return path
-
-
 def main(argv=None, *, prog: str | None = None) -> int:
   """Command-line entry point (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
   from mmjax.cli import _split_overrides
@@ -165,7 +141,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
   # data.data_dir says where the data are, not what is measured: it is left out of the key.
   key = " ".join([args.config, *(f"--config.{o}" for o in overrides if not o.startswith("data.data_dir="))]
                  + (["--synthetic"] if args.synthetic else []))
-  path = write_result(Path(args.out), key, M.machine(), result)
+  path = M.write_result(args.out, "train_step", key, M.machine(), result)
   flops = result["achieved_flops_per_s"]
   print(f"{key}: compile {result['compile_s']:.1f} s, step {result['step_s_median'] * 1e3:.2f} ms median "
         f"({result['step_s_mean'] * 1e3:.2f} mean), {result['steps_per_s']:.1f} steps/s, "
