@@ -1,7 +1,7 @@
 """One process of the two-process CPU training test (run by ``tests/test_multiprocess.py``, not by pytest).
 
 ``python multiprocess_worker.py --process_id I --num_processes 2 --coordinator localhost:PORT
---data_dir D --workdir W --out OUT.json [--steps 4]``
+--data_dir D --workdir W --out OUT.json [--steps 4] [--checkpoint_every N]``
 
 Joins the distributed run, then trains the ``runlocal`` late-fusion config with
 :func:`mmjax.train.train_and_evaluate` on the global mesh (shared ``--workdir``, orbax checkpoints
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--steps", type=int, default=4)
+  p.add_argument("--checkpoint_every", type=int, default=0, help="default: half the steps")
   args = p.parse_args(argv)
   t0 = time.perf_counter()
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 
   config = get_config(f"{ROOT / 'configs' / 'late_fusion_digits.py'}:runlocal", [
       f"data.data_dir={args.data_dir}", f"num_steps={args.steps}", "log_every=1", "eval_every=0",
-      f"checkpoint_every={max(args.steps // 2, 1)}", "data.num_threads=1",
+      f"checkpoint_every={args.checkpoint_every or max(args.steps // 2, 1)}", "data.num_threads=1",
   ])
   final = loop.train_and_evaluate(config, args.workdir, echo=lambda *a, **k: print(*a, flush=True))
 

@@ -161,7 +161,7 @@ def test_mult_torch_loader_reads_npz_and_pt_state_dicts(tmp_path):
   load = models.loader("mult_torch")
   np.savez(tmp_path / "mult.npz", **sd)
   jax.tree_util.tree_map(np.testing.assert_array_equal, load(tmp_path / "mult.npz", model), want)
-  with pytest.raises(FileNotFoundError, match="do not exist"):
+  with pytest.raises(mult_torch.MultImportError, match="do not exist"):
     load(tmp_path / "nope.pt", model)
   with pytest.raises(ValueError, match="builds MulT parameters, but the model being initialised is Frozen"):
     load(tmp_path / "mult.npz", models.build("frozen", {}))

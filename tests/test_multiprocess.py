@@ -26,7 +26,7 @@ def _child_env() -> dict:
   return env
 
 
-def _launch(tmp_path: Path, data_dir: str, tag: str):
+def _launch(tmp_path: Path, data_dir: str, tag: str, *extra):
   """Starts the workers; returns ``[(process, out_path, log_path)]``."""
   port = portpicker.pick_unused_port()
   procs = []
@@ -34,7 +34,7 @@ def _launch(tmp_path: Path, data_dir: str, tag: str):
     out, log = tmp_path / f"{tag}{i}.json", tmp_path / f"{tag}{i}.log"
     cmd = [sys.executable, str(WORKER), "--process_id", str(i), "--num_processes", str(NUM_PROCESSES),
            "--coordinator", f"localhost:{port}", "--data_dir", data_dir,
-           "--workdir", str(tmp_path / "run"), "--out", str(out), "--steps", str(STEPS)]
+           "--workdir", str(tmp_path / "run"), "--out", str(out), "--steps", str(STEPS), *extra]
     with log.open("w") as f:
       procs.append((subprocess.Popen(cmd, env=_child_env(), stdout=f, stderr=subprocess.STDOUT), out, log))
   return procs
@@ -108,3 +108,26 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
     for split in ("validation", "test"):
       for key, value in a["final"][split].items():
         np.testing.assert_allclose(r["final"][split][key], value, rtol=0, atol=1e-6, err_msg=f"{split}.{key}")
+
+
+def test_preemption_of_one_host_checkpoints_every_host_at_one_step(tmp_path, data_dir):
+  """SIGTERM reaches only process 1: JAX's preemption sync service names one step to both, both save the
+  checkpoint of that step together and exit with status 143 (none waits forever in a collective)."""
+  import signal
+  import time
+
+  procs = _launch(tmp_path, data_dir, "preempt", "--steps", "100000", "--checkpoint_every", "5")
+  first = tmp_path / "run" / "checkpoints" / "5" / "_CHECKPOINT_METADATA"
+  deadline = time.time() + TIMEOUT_S
+  while not first.exists() and time.time() < deadline and all(p.poll() is None for p, _, _ in procs):
+    time.sleep(0.05)
+  assert first.exists(), "\n".join(log.read_text()[-3000:] for _, _, log in procs)
+  procs[1][0].send_signal(signal.SIGTERM)
+  codes = _wait(procs)
+  logs = [log.read_text() for _, _, log in procs]
+  assert codes == [143, 143], f"{codes}\n" + "\n".join(x[-3000:] for x in logs)
+  step = int(re.search(r"preemption\) at step (\d+)", logs[0]).group(1))
+  assert 5 < step < 100000
+  saved = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-1] == step
+  assert (tmp_path / "run" / "checkpoints" / str(step) / "_CHECKPOINT_METADATA").exists()

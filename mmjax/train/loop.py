@@ -36,14 +36,26 @@ class NonFiniteLossError(UserError, FloatingPointError):
   """The training loss became NaN or infinite; the message names the steps."""
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks after each step (then it checkpoints and exits)."""
+class Preemption:
+  """Whether to stop and checkpoint now because the job is being preempted (SIGTERM).
 
-  def __init__(self):
+  One process: SIGTERM sets a flag that the loop reads after each step. Several processes (one run over
+  hosts): the hosts must agree on the step, or those not signalled would wait forever in the next
+  collective. JAX's preemption sync service (started by ``jax.distributed.initialize``) spreads a notice
+  that reached any host to all of them and names one step, the same everywhere, at which
+  :meth:`due` becomes true (``multihost_utils.reached_preemption_sync_point``); every process checkpoints
+  there together and exits. Used as a context manager around the loop.
+  """
+
+  def __init__(self, echo=print):
+    self.multihost = jax.process_count() > 1
     self.raised = False
     self._previous = None
+    self._echo = echo
 
   def __enter__(self):
+    if self.multihost:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -52,6 +64,22 @@ class _SigtermFlag:
 
   def _handle(self, signum, frame):
     self.raised = True
+
+  def due(self, step: int) -> bool:
+    """True at the step where this process (and, on several hosts, every host) should checkpoint and stop;
+    call it after every step."""
+    if not self.multihost:
+      return self.raised
+    from jax.experimental import multihost_utils
+
+    try:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError as e:  # the service is off (jax_enable_preemption_service=False)
+      if self._echo is not None:
+        self._echo(f"mmjax: preemption is not coordinated across hosts ({e}); a SIGTERM ends this run "
+                   "without a checkpoint (the latest one is resumed)")
+        self._echo = None
+      return False
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -368,7 +396,7 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
              desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
   pending, window_start, t0 = [], start, time.perf_counter()
   step = start
-  with _SigtermFlag() as sigterm:
+  with Preemption(say) as preemption:
     while step < config.num_steps and not stopped:
       if batch is None:
         batch = run.global_batch(next(batches))
@@ -399,10 +427,12 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
         t0 = time.perf_counter()
       if step != config.num_steps:
         run.checkpointer.save(step, state, metrics=best_metrics, force=stopped)
-      if sigterm.raised:
+      if preemption.due(step):
         run.checkpointer.save(step, state, force=True)
+        run.checkpointer.wait()
         bar.close()
-        say(f"mmjax: SIGTERM at step {step}; checkpoint saved. Re-run the same command to resume.")
+        say(f"mmjax: SIGTERM (preemption) at step {step}; checkpoint saved. Re-run the same command to "
+            "resume.")
         raise Interrupted(step)
   bar.close()
   final_step = int(jax.device_get(state.step))

@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.errors import UserError
 from mmjax.models.gpt2 import ACTIVATIONS, GPT2, GPT2Config
 from mmjax.models.registry import register_loader
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(UserError, ValueError):
   """A Hugging Face GPT-2 directory or state dict that cannot be loaded; the message says what and why."""
 
 

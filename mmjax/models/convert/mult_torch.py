@@ -22,8 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.errors import UserError
 from mmjax.models.mult import _CANONICAL, _LETTERS, MulT
 from mmjax.models.registry import register_loader
+
+
+class MultImportError(UserError, ValueError):
+  """Original MulT weights that cannot be imported (missing, unreadable, or not matching the model)."""
 
 
 def kwargs_from_original_hparams(hp: Mapping) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config_or_model) -> dic
       shown = tuple("F" if w is None else w for w in want)
       problems.append(f"shape mismatch for {name}: expected {shown}, found {got}")
   if problems:
-    raise ValueError(
+    raise MultImportError(
         f"the state dict does not match this MulT config (width={model.width}, num_layers="
         f"{model.num_layers}, targets={model.target_modalities}, kernel_sizes={model.kernel_sizes}, "
         f"output_dim={model.output_dim}): " + "; ".join(problems))
@@ -147,10 +152,10 @@ def load_params(path: str | os.PathLike, model: MulT) -> dict:
   original names (no torch needed)."""
   path = Path(path).expanduser()
   if not isinstance(model, MulT):
-    raise ValueError(f"the mult_torch loader builds MulT parameters, but the model being initialised is "
+    raise MultImportError(f"the mult_torch loader builds MulT parameters, but the model being initialised is "
                      f"{type(model).__name__}")
   if not path.is_file():
-    raise FileNotFoundError(f"MulT weights {str(path)!r} do not exist (a .pt state dict or an .npz)")
+    raise MultImportError(f"MulT weights {str(path)!r} do not exist (a .pt state dict or an .npz)")
   if path.suffix == ".npz":
     with np.load(path, allow_pickle=False) as z:
       state_dict = {k: z[k] for k in z.files}
@@ -158,13 +163,13 @@ def load_params(path: str | os.PathLike, model: MulT) -> dict:
     try:
       import torch
     except ImportError as e:
-      raise ImportError(f"reading {path} needs PyTorch (pip install -e \".[torch]\"), or save the state dict "
-                        "as an .npz of numpy arrays") from e
+      raise MultImportError(f"reading {path} needs PyTorch (pip install -e \".[torch]\"), or save the state "
+                            "dict as an .npz of numpy arrays") from e
     try:
       state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - reported with the file
-      raise ValueError(f"could not read {path} as a PyTorch state dict with weights_only=True ({e}); a whole "
-                       "pickled model is refused: save model.state_dict() instead") from None
+      raise MultImportError(f"could not read {path} as a PyTorch state dict with weights_only=True ({e}); a "
+                            "whole pickled model is refused: save model.state_dict() instead") from None
     if not isinstance(state_dict, Mapping):
-      raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict (name -> tensor)")
+      raise MultImportError(f"{path} holds a {type(state_dict).__name__}, not a state dict (name -> tensor)")
   return from_torch_state_dict(state_dict, model)
