@@ -154,3 +154,41 @@ def test_bad_names_and_values_exit_2_listing_what_is_valid(args, expected, tmp_p
   assert code == 2, err
   assert expected in " ".join(err.split()) and err.startswith("mmjax: error:") and "Traceback" not in err, err
   assert not workdir.exists()
+
+
+def test_second_run_in_a_workdir_is_refused_and_a_kill_during_a_checkpoint_write_resumes(reference, data_dir,
+                                                                                          tmp_path):
+  """Run B in run A's workdir exits 2 naming A (A goes on untouched); A killed with SIGKILL while orbax
+  writes a checkpoint resumes to exactly the uninterrupted run's final metrics."""
+  _, expected = reference
+  a = train(tmp_path, data_dir)
+  wait_for_checkpoint(a, tmp_path, 5)
+  code, _, err = finish(train(tmp_path, data_dir), timeout=120)
+  assert code == 2 and f"in use by process {a.pid}" in " ".join(err.split()) and "Traceback" not in err, err
+  ckpts = tmp_path / "checkpoints"
+  start = time.time()
+  while a.poll() is None and time.time() - start < 300:
+    if any("tmp" in p.name for p in ckpts.iterdir()):  # orbax writes into a temporary folder, then renames
+      break
+    time.sleep(0.005)
+  a.kill()
+  finish(a)
+  code, out, err = finish(train(tmp_path, data_dir))
+  assert code == 0, err[-3000:]
+  assert final_metrics(tmp_path) == expected
+
+
+def test_kill_during_the_final_evaluation_then_the_next_command_completes(reference, data_dir, tmp_path):
+  _, expected = reference
+  args = ["train", "--config", CONFIG, "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}", *RUN]
+  proc = subprocess.Popen([sys.executable, "-m", "mmjax", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+  for line in proc.stdout:
+    if "step 30: validation" in line:  # the final evaluation has begun (validation done, test next)
+      proc.kill()
+      break
+  finish(proc)
+  assert not (tmp_path / "metrics.json").exists()
+  code, _, err = finish(train(tmp_path, data_dir))
+  assert code == 0, err[-3000:]
+  assert final_metrics(tmp_path) == expected
