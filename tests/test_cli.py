@@ -192,3 +192,21 @@ def test_kill_during_the_final_evaluation_then_the_next_command_completes(refere
   code, _, err = finish(train(tmp_path, data_dir))
   assert code == 0, err[-3000:]
   assert final_metrics(tmp_path) == expected
+
+
+def test_version_data_list_and_help_examples(data_dir, capsys):
+  from mmjax import __version__
+  from mmjax.cli import main
+
+  with pytest.raises(SystemExit) as e:
+    main(["--version"])
+  assert e.value.code == 0 and capsys.readouterr().out.strip() == f"mmjax {__version__}"
+  assert main(["data", "list", "--data_dir", data_dir]) == 0
+  rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:-1]}
+  assert rows["digits_av"][:2] == ["embedded", "yes"] and rows["cmu_mosei/unaligned"][-2:] == ["no", "-"]
+  for command in (["train"], ["eval"], ["sample"], ["fewshot"], ["sweep"], ["plot"], ["data", "build"],
+                  ["data", "list"]):
+    with pytest.raises(SystemExit):
+      main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "example:\n  mmjax " + command[0] in out, command
