@@ -148,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS) + " (mmjax bench NAME --help)",
                  add_help=False)
   for sp in (train, ev):
+    sp.add_argument("--multihost", action="store_true",
+                    help="one process per host: jax.distributed.initialize() discovers the cluster (SLURM, "
+                         "Open MPI, TPU pod slice)")
     sp.add_argument("--coordinator", default=None,
                     help="multi-process: coordinator host:port (or MMJAX_COORDINATOR)")
     sp.add_argument("--num_processes", type=int, default=None)
@@ -278,7 +281,8 @@ def _main(argv) -> int:
 
   from mmjax.train import evaluate_checkpoint, maybe_initialize_distributed, train_and_evaluate
 
-  maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                               multihost=args.multihost)
   config = get_config(args.config, overrides)
   if args.command == "train":
     train_and_evaluate(config, args.workdir)

@@ -23,7 +23,7 @@ from mmjax.errors import UserError
 # Training-window keys drawn together in one "optimization" figure (one panel each), not one figure each.
 OPTIMIZATION = ("learning_rate", "grad_norm", "param_norm", "update_norm")
 # Bookkeeping and throughput: never drawn.
-SKIPPED = frozenset({"step", "split", "count", "steps_per_s", "examples_per_s"})
+SKIPPED = frozenset({"step", "split", "count", "steps_per_s", "examples_per_s", "tflops_per_device", "mfu"})
 # Metrics drawn first, in this order; the others follow in the order they first appear in the logs.
 FIRST = ("loss", "accuracy")
 # Annotate each cell of a confusion matrix with its count up to this many classes.

@@ -26,6 +26,7 @@ from mmjax import evaluators as evaluator_registry
 from mmjax.data import pipeline
 from mmjax.errors import UserError
 from mmjax.files import read_json, write_json, write_text
+from mmjax.hardware import peak_tflops
 from mmjax.train.lock import WorkdirLock
 from mmjax.train.run import Run, build_run, count_params, restore_run
 from mmjax.train.step import jit_plateau_update, jit_train_step
@@ -350,6 +351,7 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
                            run.mesh, config.optimizer.grad_accum_steps)
   check_state_memory(run.abstract_state, devices, config)
   batch = None if start >= config.num_steps else run.global_batch(next(batches))
+  throughput = Throughput(None, devices[0])
   if batch is not None:  # compiled against the abstract state: nothing is allocated before the check
     t = time.perf_counter()
     step_fn = step_fn.lower(run.abstract_state, batch).compile()
@@ -361,6 +363,7 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
     say(f"mmjax: train step compiled in {time.perf_counter() - t:.1f} s: {flops} (XLA cost analysis); "
         f"{memory}")
     check_memory(stats, devices, config)
+    throughput = Throughput(stats["flops"], devices[0])
   state = run.restore_or_init()
   evaluation.resume(start)
   # Every check has passed: from here on the workdir is written.
@@ -372,9 +375,29 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
   evaluation.writer = writer
   say(f"mmjax: resuming from checkpoint at step {start}" if start else "mmjax: starting from scratch")
   try:
-    return _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say)
+    return _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say,
+                 throughput)
   finally:
     writer.close()
+
+
+class Throughput:
+  """FLOP/s per device and MFU (the fraction of the device's dense peak) from the compiled step's FLOPs
+  (XLA's cost analysis of the partitioned program: FLOPs per device per step) and the measured steps/s.
+  MFU is reported on accelerators with a known peak (:data:`mmjax.hardware.PEAKS`, at the float32 peak
+  until the compute dtype is configurable); on CPU only TFLOP/s, whose peak is an estimate."""
+
+  def __init__(self, flops_per_step: float | None, device):
+    self.flops = flops_per_step
+    self.peak = None
+    if flops_per_step and device.platform != "cpu":
+      self.peak = peak_tflops(device.device_kind, device.platform)["float32"]
+
+  def __call__(self, steps_per_s: float) -> dict:
+    if not self.flops:
+      return {}
+    tflops = self.flops * steps_per_s / 1e12
+    return {"tflops_per_device": tflops, **({"mfu": tflops / self.peak} if self.peak else {})}
 
 
 class _NullWriter:
@@ -386,7 +409,8 @@ class _NullWriter:
   write_images = flush = close = write
 
 
-def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say) -> dict:
+def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say,
+          throughput) -> dict:
   is_main = run.is_main
   window = {}
   if start >= config.num_steps:  # a finished run, evaluated again
@@ -413,7 +437,7 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
               "learning rate, enable clipping (optimizer.clip_norm), or check the data."
           )
         rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
-        rates = {"steps_per_s": rate, "examples_per_s": rate * config.batch_size}
+        rates = {"steps_per_s": rate, "examples_per_s": rate * config.batch_size, **throughput(rate)}
         writer.write(step, "train", {**window, **rates})
         shown = ("loss", "accuracy", "token_accuracy")
         bar.set_postfix({k: f"{window[k]:.4f}" for k in shown if k in window})

@@ -34,27 +34,42 @@ def maybe_initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    multihost: bool = False,
 ) -> None:
   """Calls ``jax.distributed.initialize`` when a multi-process run is requested.
 
-  Arguments left ``None`` are read from ``MMJAX_COORDINATOR``, ``MMJAX_NUM_PROCESSES`` and
-  ``MMJAX_PROCESS_ID``; with none of them set this is a single-process run and nothing happens (on
-  SLURM/TPU pods call ``jax.distributed.initialize()`` yourself: it discovers the cluster). On the CPU
-  backend the gloo collectives are selected so that CPU processes can communicate.
+  * An explicit coordinator: arguments left ``None`` are read from ``MMJAX_COORDINATOR``,
+    ``MMJAX_NUM_PROCESSES`` and ``MMJAX_PROCESS_ID``; all three must be known.
+  * ``multihost`` without a coordinator: ``jax.distributed.initialize()`` discovers the cluster itself
+    (SLURM's ``SLURM_*`` variables, Open MPI's ``OMPI_*``, a Cloud TPU pod slice's metadata).
+  * Neither: a single-process run; nothing happens.
+
+  On the CPU backend the gloo collectives are selected so that CPU processes can communicate.
   """
   coordinator_address = coordinator_address or os.environ.get("MMJAX_COORDINATOR")
   if num_processes is None and "MMJAX_NUM_PROCESSES" in os.environ:
     num_processes = int(os.environ["MMJAX_NUM_PROCESSES"])
   if process_id is None and "MMJAX_PROCESS_ID" in os.environ:
     process_id = int(os.environ["MMJAX_PROCESS_ID"])
+  if coordinator_address is None and not multihost:
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address is None:
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise UserError(
+          f"--multihost could not discover the cluster ({e}). Under SLURM launch one process per host with "
+          "srun; under Open MPI with mpirun; on a TPU pod slice run the command on every host. Elsewhere "
+          "pass --coordinator HOST:PORT --num_processes N --process_id I to every process.") from None
     return
   if num_processes is None or process_id is None:
     raise UserError(
-        "a multi-process run needs the coordinator address, the number of processes and this process's id"
-    )
-  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        "a multi-process run needs the coordinator address, the number of processes and this process's id "
+        "(--coordinator, --num_processes, --process_id, or MMJAX_COORDINATOR, MMJAX_NUM_PROCESSES, "
+        "MMJAX_PROCESS_ID)")
   jax.distributed.initialize(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
   )
