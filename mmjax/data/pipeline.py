@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
-from mmjax.errors import UserError
+from mmjax.data.errors import DatasetError
 
 # datasets whose data ships inside the package (built on first use), with any of their builder configs
 EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
@@ -33,10 +33,6 @@ def is_embedded(name: str) -> bool:
   """Whether dataset ``name`` (``"builder"`` or ``"builder/config"``, optionally ``:version``) ships inside
   the package."""
   return name.split("/")[0].split(":")[0] in EMBEDDED
-
-
-class DatasetError(UserError, RuntimeError):
-  """A dataset that is unknown, not prepared, or whose examples do not fit the config."""
 
 
 def get_builder(name: str, data_dir: str | None = None):
