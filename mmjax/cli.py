@@ -241,6 +241,8 @@ def _main(argv) -> int:
       logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every unprepared variant
       return _data_list(pipeline.list_datasets(args.data_dir or None))
     builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None)
+    for note in pipeline.build_notes(builder):
+      print(f"mmjax: {args.name} {note}")
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f"mmjax: {args.name} ready in {builder.data_dir}: {splits}")
     return 0

@@ -15,8 +15,13 @@ string features are dropped (they cannot go on a device).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -27,6 +32,15 @@ from mmjax.data.errors import DatasetError
 
 # datasets whose data ships inside the package (built on first use), with any of their builder configs
 EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
+
+
+def _not_the_unprepared_warning(record) -> bool:
+  """Drops tfds's warning that a dataset folder has no dataset_info.json yet: mmjax asks whether a dataset
+  is prepared itself, and the warning would precede every build and every "not prepared" error."""
+  return not str(record.msg).startswith("Variant folder %s has no")
+
+
+logging.getLogger("absl").addFilter(_not_the_unprepared_warning)
 
 
 def is_embedded(name: str) -> bool:
@@ -50,12 +64,63 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   """Builds dataset ``name`` (a no-op when already prepared) and returns its builder.
 
   ``manual_dir`` is where datasets that users download themselves (e.g. ``cmu_mosei``) find their files.
+  A failed build leaves the data directory as it was.
   """
   builder = get_builder(name, data_dir)
   if not builder.is_prepared():
     config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(file_format="array_record", download_config=config)
+    with _unchanged_on_error(builder):
+      builder.download_and_prepare(file_format="array_record", download_config=config)
   return builder
+
+
+def _paths(root: Path, name: str) -> set[Path]:
+  """The paths a build of dataset ``name`` may add under data dir ``root``: the root, the dataset's folder
+  (all of it) and ``downloads`` two levels deep (tfds creates ``downloads/extracted``). Other datasets'
+  folders are not listed, so a failed build never touches them."""
+  if not root.exists():
+    return set()
+  paths = {root, root / name, root / "downloads"}
+  for dirpath, dirnames, filenames in os.walk(root / name):
+    paths.update(Path(dirpath) / f for f in (*dirnames, *filenames))
+  if (root / "downloads").is_dir():
+    for entry in (root / "downloads").iterdir():
+      paths.add(entry)
+      if entry.is_dir():
+        paths.update(entry.iterdir())
+  return {p for p in paths if p.exists() or p.is_symlink()}
+
+
+@contextlib.contextmanager
+def _unchanged_on_error(builder):
+  """Undoes what a failing build wrote to the data dir: the folders and files it added (tfds leaves the
+  dataset's folders, its ``.config`` and ``downloads/``), and the ``.config`` files it rewrote."""
+  root, name = Path(os.fspath(builder.data_dir_root)), builder.name
+  before = _paths(root, name)
+  config_dir = root / name / ".config"
+  saved = {p: p.read_bytes() for p in config_dir.iterdir() if p.is_file()} if config_dir.is_dir() else {}
+  try:
+    yield
+  except BaseException:
+    added = _paths(root, name) - before
+    for path in sorted(added):
+      if path.parent in added:  # removed with its new parent
+        continue
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      else:
+        path.unlink(missing_ok=True)
+    for path, data in saved.items():
+      if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+    raise
+
+
+def build_notes(builder) -> list[str]:
+  """Lines a builder keeps about how its prepared data differ from the source files (e.g. the non-finite
+  values set to 0 by the MulT builders), for ``mmjax data build`` to print."""
+  notes = getattr(builder, "build_notes", None)
+  return list(notes()) if notes else []
 
 
 def open_split(data_cfg, split: str):
@@ -63,7 +128,7 @@ def open_split(data_cfg, split: str):
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   if not builder.is_prepared():
     if is_embedded(data_cfg.name) and data_cfg.prepare:
-      builder.download_and_prepare(file_format="array_record")
+      builder = prepare(data_cfg.name, data_cfg.data_dir)
     else:
       manual = " --manual_dir DIR" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ""
       raise DatasetError(
