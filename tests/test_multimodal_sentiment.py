@@ -363,6 +363,20 @@ def test_bad_pickle_is_a_user_error_naming_file_split_and_fix(case, tmp_path, ca
   assert tree(used) == before
 
 
+def test_overwrite_that_fails_keeps_the_prepared_version(tmp_path, capsys):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_pickle(ms.CmuMosi, "unaligned", manual)
+  build("cmu_mosi/unaligned", tmp_path / "d", manual)
+  before = tree(tmp_path / "d")
+  write_bad_pickle("cmu_mosi/unaligned", BAD_PICKLES["nan_label"][1], manual)
+  msg = cli_user_error(capsys, "data", "build", "cmu_mosi/unaligned", "--data_dir", tmp_path / "d",
+                       "--manual_dir", manual, "--overwrite")
+  assert "NaN or infinite labels in split 'train'" in msg
+  assert tree(tmp_path / "d") == before
+  assert len(tfds.builder("cmu_mosi/unaligned", data_dir=str(tmp_path / "d")).as_data_source("test")) == 4
+
+
 def test_malicious_pickle_through_the_cli(tmp_path, capsys):
   manual = tmp_path / "manual"
   manual.mkdir()
