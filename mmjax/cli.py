@@ -44,7 +44,7 @@ EXAMPLES = {
             "runs/plots/lf",
     "data": "mmjax data list\n  mmjax data build cmu_mosei/unaligned --manual_dir ~/mult_data",
     "data build": ("mmjax data build digits_av\n  mmjax data build cmu_mosei/unaligned --manual_dir "
-                   "~/mult_data"),
+                   "~/mult_data\n  mmjax data build digits_av --overwrite   # build a damaged dataset again"),
     "data list": "mmjax data list --data_dir ~/tensorflow_datasets",
 }
 
@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
   build.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
   build.add_argument("--manual_dir", default="",
                      help="folder with the files of a dataset you downloaded yourself (e.g. cmu_mosei)")
+  build.add_argument("--overwrite", action="store_true",
+                     help="build a prepared dataset again (e.g. a damaged file); the old version is deleted "
+                          "once the new one is complete")
   lst = _sub(data_sub, "list", "list mmjax's datasets and their configs, prepared or not", "data list")
   lst.add_argument("--data_dir", default="", help="TFDS data directory (default ~/tensorflow_datasets)")
   # Listed for --help only: main() hands "bench ..." to _bench before parsing.
@@ -243,7 +246,10 @@ def _main(argv) -> int:
 
       logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every unprepared variant
       return _data_list(pipeline.list_datasets(args.data_dir or None))
-    builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None)
+    builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None,
+                               overwrite=args.overwrite)
+    for note in pipeline.build_notes(builder):
+      print(f"mmjax: {args.name} {note}")
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f"mmjax: {args.name} ready in {builder.data_dir}: {splits}")
     return 0

@@ -3,6 +3,7 @@
 import logging
 import os
 import pickle
+import re
 import struct
 
 import ml_collections
@@ -10,9 +11,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from mmjax.cli import main
 from mmjax.data import pipeline
 from mmjax.data.builders import multimodal_sentiment as ms
-from mmjax.data.safe_pickle import load_pickle
+from mmjax.data.safe_pickle import UnsafePickleError, load_pickle
+from mmjax.errors import UserError
+
+from .user_errors import cli_user_error, says, tree
 
 SIZES = {"train": 6, "valid": 3, "test": 4}
 T_ALIGNED = 8
@@ -216,16 +221,16 @@ def test_builder_examples(built, name):
 def test_missing_file_bad_shape_and_malicious_pickle(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
-  with pytest.raises(FileNotFoundError, match=r"mosei_senti_data_noalign\.pkl.*manual"):
+  with pytest.raises(pipeline.DatasetError, match=r"mosei_senti_data_noalign\.pkl.*manual.*--manual_dir"):
     build("cmu_mosei/unaligned", tmp_path / "d1", manual)  # empty manual dir
   write_pickle(ms.CmuMosei, "aligned", manual)
-  with pytest.raises(FileNotFoundError, match=r"mosei_senti_data_noalign\.pkl"):
+  with pytest.raises(pipeline.DatasetError, match=r"mosei_senti_data_noalign\.pkl"):
     build("cmu_mosei/unaligned", tmp_path / "d1", manual)  # only the other config's file
 
   data = write_pickle(ms.CmuMosi, "unaligned", manual)
   data["valid"]["audio"] = data["valid"]["audio"][..., :4]
   (manual / "mosi_data_noalign.pkl").write_bytes(pickle.dumps(data))
-  with pytest.raises(ValueError, match=r"'valid'.*'audio'.*expected \[3, T, 5\]"):
+  with pytest.raises(pipeline.DatasetError, match=r"'audio' features 4 wide in split 'valid'.*\[3, T, 5\]"):
     build("cmu_mosi/unaligned", tmp_path / "d2", manual)
 
   marker = tmp_path / "pwned_xyz"
@@ -297,3 +302,115 @@ def test_mfm_mosi_config_trains_on_the_builder(built, tmp_path):
     assert key in test and np.isfinite(test[key]), key
   # The task's L1 term over the split equals the MAE of the split-level metrics.
   np.testing.assert_allclose(test["label_loss"], test["mae"], rtol=1e-5)
+
+
+# --- user errors: bad pickles are refused at build time, through the CLI, leaving the data dir as it was ---
+
+
+def _set(part, key, index, value):
+  part[key][index] = value
+
+
+BAD_PICKLES = {  # dataset/config, change to the source splits, what the message says
+    "missing_split": ("cmu_mosei/aligned", lambda d: d.pop("valid"),
+                      r"has no split 'valid' \(mmjax's 'validation'\) \(its splits: \['test', 'train'\]"),
+    "feature_width": ("cmu_mosi/unaligned",
+                      lambda d: d["test"].update(vision=np.ones((SIZES["test"], 12, 35), np.float32)),
+                      r"'vision' features 35 wide in split 'test'; cmu_mosi has 20 .*"
+                      r"35 is the vision width of cmu_mosei and iemocap"),
+    "empty_split": ("iemocap/unaligned", lambda d: d.update(test={k: v[:0] for k, v in d["test"].items()}),
+                    r"has no examples in split 'test'"),
+    "nan_label": ("cmu_mosei/unaligned", lambda d: _set(d["train"], "labels", (4, 0, 0), np.nan),
+                  r"has NaN or infinite labels in split 'train', examples \[4\] \(1 of 6\)"),
+    "label_range": ("cmu_mosi/aligned", lambda d: _set(d["valid"], "labels", (1, 0, 0), -3.5),
+                    r"sentiment labels outside \[-3, 3\] in split 'valid' .*examples \[1\] .*-3\.5"),
+    "iemocap_flags": ("iemocap/aligned", lambda d: _set(d["train"], "labels", (2, 1), [1.0, 1.0]),
+                      r"labels that are not binary flags in split 'train', examples \[2\]"),
+}
+
+
+def write_bad_pickle(name, change, manual):
+  """The fixture pickle of ``name`` with ``change`` applied to its splits; returns its path."""
+  ds, config = name.split("/")
+  cls = DATASETS[ds]
+  rng = np.random.default_rng(0)
+  data = {s: make_split(cls, n, config == "aligned", rng, s) for s, n in SIZES.items()}
+  change(data)
+  path = manual / cls.file_name(config)
+  path.write_bytes(pickle.dumps(data, protocol=4))
+  return path
+
+
+@pytest.mark.parametrize("case", list(BAD_PICKLES))
+def test_bad_pickle_is_a_user_error_naming_file_split_and_fix(case, tmp_path, capsys):
+  name, change, expected = BAD_PICKLES[case]
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  path = write_bad_pickle(name, change, manual)
+  fix = f"put it in the --manual_dir folder and rerun `mmjax data build {name} --manual_dir DIR`"
+  # a fresh data dir: nothing is created
+  fresh = tmp_path / "fresh"
+  msg = cli_user_error(capsys, "data", "build", name, "--data_dir", fresh, "--manual_dir", manual)
+  assert re.search(expected, msg) and says(msg, f"{path} ") and fix in msg, msg
+  assert not fresh.exists()
+  # a data dir where the dataset's other config is prepared: every file stays byte-identical
+  other = name.split("/")[0] + ("/unaligned" if name.endswith("/aligned") else "/aligned")
+  used = tmp_path / "used"
+  write_pickle(DATASETS[name.split("/")[0]], other.split("/")[1], manual)
+  build(other, used, manual)
+  before = tree(used)
+  assert cli_user_error(capsys, "data", "build", name, "--data_dir", used, "--manual_dir", manual) == msg
+  assert tree(used) == before
+
+
+def test_overwrite_that_fails_keeps_the_prepared_version(tmp_path, capsys):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_pickle(ms.CmuMosi, "unaligned", manual)
+  build("cmu_mosi/unaligned", tmp_path / "d", manual)
+  before = tree(tmp_path / "d")
+  write_bad_pickle("cmu_mosi/unaligned", BAD_PICKLES["nan_label"][1], manual)
+  msg = cli_user_error(capsys, "data", "build", "cmu_mosi/unaligned", "--data_dir", tmp_path / "d",
+                       "--manual_dir", manual, "--overwrite")
+  assert "NaN or infinite labels in split 'train'" in msg
+  assert tree(tmp_path / "d") == before
+  assert len(tfds.builder("cmu_mosi/unaligned", data_dir=str(tmp_path / "d")).as_data_source("test")) == 4
+
+
+def test_malicious_pickle_through_the_cli(tmp_path, capsys):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  marker = tmp_path / "pwned_xyz"
+  path = manual / "iemocap_data.pkl"
+  path.write_bytes(pickle.dumps({"train": Malicious(marker)}))
+  with pytest.raises(UnsafePickleError) as info:
+    load_pickle(path)
+  assert isinstance(info.value, UserError) and isinstance(info.value, pickle.UnpicklingError)
+  assert str(path) in str(info.value)
+  msg = cli_user_error(capsys, "data", "build", "iemocap/aligned", "--data_dir", tmp_path / "d",
+                       "--manual_dir", manual)
+  assert says(msg, f"mmjax: error: {path}: forbidden global in pickle:")
+  assert re.search(r"forbidden global in pickle: \w+\.system\. .*nothing in the file was run.*get the file "
+                   r"again", msg), msg
+  assert not marker.exists() and not (tmp_path / "d").exists()
+
+
+def test_build_prints_and_keeps_the_nonfinite_counts(tmp_path, capsys):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_pickle(ms.CmuMosi, "aligned", manual)
+  args = ["data", "build", "cmu_mosi/aligned", "--data_dir", str(tmp_path / "d"), "--manual_dir", str(manual)]
+  for _ in range(2):  # built, then already prepared: the counts come from the prepared metadata
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for split, orig in ms.SPLITS.items():
+      n = SIZES[orig] * T_ALIGNED
+      assert f"mmjax: cmu_mosi/aligned {split} audio: set 3 non-finite values (of {n * 5:,}) to 0\n" in out
+      assert f"mmjax: cmu_mosi/aligned {split} vision: set 1 non-finite values (of {n * 20:,}) to 0\n" in out
+      assert f"{split} text" not in out
+  info = tfds.builder("cmu_mosi/aligned", data_dir=str(tmp_path / "d")).info
+  counts = info.metadata["nonfinite_set_to_zero"]
+  assert counts["train"] == {"text": {"replaced": 0, "values": 6 * 8 * 300},
+                             "audio": {"replaced": 3, "values": 6 * 8 * 5},
+                             "vision": {"replaced": 1, "values": 6 * 8 * 20}}

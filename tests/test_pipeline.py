@@ -1,12 +1,18 @@
 """The grain input pipeline over the digits_av TFDS source."""
 
 import itertools
+import re
+import shutil
+import socket
+import time
 
 import ml_collections
 import numpy as np
 import pytest
 
 from mmjax.data import pipeline
+
+from .user_errors import cli_user_error, says, tree
 
 
 def data_cfg(data_dir, **over):
@@ -116,3 +122,100 @@ def test_unknown_or_unprepared_dataset_is_a_clear_error(data_dir, tmp_path):
     pipeline.open_split(data_cfg(str(tmp_path)), "train")
   with pytest.raises(pipeline.DatasetError, match="no split 'dev'"):
     pipeline.open_split(data_cfg(data_dir), "dev")
+
+
+# --- damaged prepared files, datasets that need a download: user errors that leave the data dir alone ---
+
+TRAIN_FILE = "digits_av/1.0.0/digits_av-train.array_record-00000-of-00001"
+
+
+def damage(path, kind):
+  """Truncates ``path`` to half, or overwrites 64 KiB in its middle with random bytes."""
+  size = path.stat().st_size
+  with open(path, "r+b") as f:
+    if kind == "truncated":
+      f.truncate(size // 2)
+    else:
+      f.seek(size // 2)
+      f.write(np.random.default_rng(0).bytes(1 << 16))
+
+
+@pytest.fixture
+def damaged(data_dir, tmp_path):
+  """Factory: a copy of the session's data dir whose digits_av train file is damaged; ``(dir, file)``."""
+  def make(kind):
+    copy = tmp_path / "tfds"
+    shutil.copytree(data_dir, copy)
+    damage(copy / TRAIN_FILE, kind)
+    return copy, copy / TRAIN_FILE
+
+  return make
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_damaged_array_record_is_a_dataset_error(kind, damaged):
+  copy, path = damaged(kind)
+  cfg = data_cfg(str(copy))
+  expected = (rf"cannot read {re.escape(str(path))}: the file is damaged, truncated or missing \(.+\)\. "
+              rf"Rebuild it: `mmjax data build digits_av --data_dir {re.escape(str(copy))} --overwrite`")
+  if kind == "truncated":  # found when the split is opened (the first example of each file is read)
+    with pytest.raises(pipeline.DatasetError, match=expected):
+      pipeline.open_split(cfg, "train")
+  with pytest.raises(pipeline.DatasetError, match=expected):  # garbage: found reading inside grain
+    take(pipeline.train_batches(cfg, global_batch_size=32, seed=0), 80)  # 2 epochs
+  with pytest.raises(pipeline.DatasetError, match=expected):
+    list(pipeline.eval_batches(cfg, "train", global_batch_size=64))
+  assert len(pipeline.open_split(cfg, "validation")) == 179  # other splits still read
+
+
+def test_damaged_array_record_through_the_cli_then_overwrite(damaged, tmp_path, capsys):
+  from mmjax.cli import main
+
+  from .conftest import CONFIGS
+
+  copy, path = damaged("truncated")
+  before = tree(copy)
+  workdir = tmp_path / "w"
+  msg = cli_user_error(capsys, "train", "--config", f"{CONFIGS / 'late_fusion_digits.py'}:runlocal",
+                       "--workdir", workdir, f"--config.data.data_dir={copy}")
+  assert says(msg, f"cannot read {path}: the file is damaged")
+  assert says(msg, f"`mmjax data build digits_av --data_dir {copy} --overwrite`")
+  assert not workdir.exists() and tree(copy) == before
+  msg = cli_user_error(capsys, "data", "build", "digits_av", "--data_dir", copy)  # prepared, but damaged
+  assert says(msg, f"cannot read {path}") and "--overwrite`" in msg
+  assert tree(copy) == before
+  assert main(["data", "build", "digits_av", "--data_dir", str(copy), "--overwrite"]) == 0
+  assert "'train': 1259" in capsys.readouterr().out
+  source = pipeline.open_split(data_cfg(str(copy)), "train")
+  assert len({int(source[i]["id"]) for i in range(len(source))}) == 1259
+  assert sorted(p.name for p in (copy / "digits_av").iterdir()) == ["1.0.0"]  # the old version is gone
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Any attempt to resolve a host name or connect a socket fails at once and is recorded."""
+  attempts = []
+
+  def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network access in a test")
+
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  return attempts
+
+
+def test_dataset_that_needs_a_download_fails_at_once(no_network, tmp_path, capsys):
+  start = time.monotonic()
+  for extra in ((), ("--overwrite",)):
+    msg = cli_user_error(capsys, "data", "build", "mnist", "--data_dir", tmp_path / "d", *extra)
+    assert "dataset 'mnist' needs a download, which mmjax does not do" in msg
+    assert "`tfds build mnist --file_format=array_record`" in msg
+    target = tmp_path / "d" / "mnist" / "3.0.1"
+    assert says(msg, f"copy the folder it writes there, <data dir>/mnist/3.0.1, to {target}.")
+    assert "`mmjax data list`" in msg
+  with pytest.raises(pipeline.DatasetError, match="'mnist' needs a download"):
+    pipeline.open_split(data_cfg(str(tmp_path / "d"), name="mnist", max_lengths={}), "train")
+  assert time.monotonic() - start < 30
+  assert no_network == [] and not (tmp_path / "d").exists()

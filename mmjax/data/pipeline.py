@@ -15,28 +15,40 @@ string features are dropped (they cannot go on a device).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import logging
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
-from mmjax.errors import UserError
+from mmjax.data.errors import DatasetError
 
 # datasets whose data ships inside the package (built on first use), with any of their builder configs
 EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
+
+
+def _not_the_unprepared_warning(record) -> bool:
+  """Drops tfds's warning that a dataset folder has no dataset_info.json yet: mmjax asks whether a dataset
+  is prepared itself, and the warning would precede every build and every "not prepared" error."""
+  return not str(record.msg).startswith("Variant folder %s has no")
+
+
+logging.getLogger("absl").addFilter(_not_the_unprepared_warning)
 
 
 def is_embedded(name: str) -> bool:
   """Whether dataset ``name`` (``"builder"`` or ``"builder/config"``, optionally ``:version``) ships inside
   the package."""
   return name.split("/")[0].split(":")[0] in EMBEDDED
-
-
-class DatasetError(UserError, RuntimeError):
-  """A dataset that is unknown, not prepared, or whose examples do not fit the config."""
 
 
 def get_builder(name: str, data_dir: str | None = None):
@@ -50,24 +62,191 @@ def get_builder(name: str, data_dir: str | None = None):
     ) from None
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
-  """Builds dataset ``name`` (a no-op when already prepared) and returns its builder.
+def needs_download(builder) -> bool:
+  """Whether preparing ``builder`` means downloading: a stock TFDS builder without manual-download
+  instructions (mmjax's own builders read embedded data or files the user put in a manual directory)."""
+  from mmjax.data import builders
+
+  own = tuple(getattr(builders, n) for n in builders.__all__)
+  return not isinstance(builder, own) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+
+def _download_error(builder, name: str) -> DatasetError:
+  """mmjax never downloads: how to prepare ``name`` elsewhere and copy it here."""
+  full = builder.info.full_name  # name[/config]/version: the folder under a data dir
+  return DatasetError(
+      f"dataset {name!r} needs a download, which mmjax does not do. On a machine with network access, "
+      f"prepare it as array_record (`pip install tensorflow-datasets`, then `tfds build "
+      f"{full.rsplit('/', 1)[0]} --file_format=array_record`) and copy the folder it writes there, "
+      f"<data dir>/{full}, to {builder.data_path}. Or use a dataset mmjax ships: see `mmjax data list`."
+  )
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None, *,
+            overwrite: bool = False):
+  """Builds dataset ``name`` (a no-op when already prepared, unless ``overwrite``) and returns its builder.
 
   ``manual_dir`` is where datasets that users download themselves (e.g. ``cmu_mosei``) find their files.
+  A prepared version is checked cheaply (see :meth:`CheckedSource.check`); ``overwrite`` builds it again
+  (e.g. after a damaged file), deleting the old one only once the new one is complete. A failed build
+  leaves the data directory as it was. Datasets that need a download are refused before anything is
+  written (mmjax does not download).
   """
   builder = get_builder(name, data_dir)
-  if not builder.is_prepared():
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  if builder.is_prepared() and not overwrite:
+    for split in builder.info.splits:  # cheap: the first example of each file (a damaged one says so)
+      checked_source(builder, name, split, data_dir)
+    return builder
+  if needs_download(builder):
+    raise _download_error(builder, name)
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  old = builder.data_path if builder.is_prepared() else None
+  with _unchanged_on_error(builder), _set_aside(old):
+    builder = get_builder(name, data_dir)  # a fresh builder: the old one read the info of the old version
     builder.download_and_prepare(file_format="array_record", download_config=config)
   return builder
 
 
+def _paths(root: Path, name: str) -> set[Path]:
+  """The paths a build of dataset ``name`` may add under data dir ``root``: the root, the dataset's folder
+  (all of it) and ``downloads`` two levels deep (tfds creates ``downloads/extracted``). Other datasets'
+  folders are not listed, so a failed build never touches them."""
+  if not root.exists():
+    return set()
+  paths = {root, root / name, root / "downloads"}
+  for dirpath, dirnames, filenames in os.walk(root / name):
+    paths.update(Path(dirpath) / f for f in (*dirnames, *filenames))
+  if (root / "downloads").is_dir():
+    for entry in (root / "downloads").iterdir():
+      paths.add(entry)
+      if entry.is_dir():
+        paths.update(entry.iterdir())
+  return {p for p in paths if p.exists() or p.is_symlink()}
+
+
+@contextlib.contextmanager
+def _unchanged_on_error(builder):
+  """Undoes what a failing build wrote to the data dir: the folders and files it added (tfds leaves the
+  dataset's folders, its ``.config`` and ``downloads/``), and the ``.config`` files it rewrote."""
+  root, name = Path(os.fspath(builder.data_dir_root)), builder.name
+  before = _paths(root, name)
+  config_dir = root / name / ".config"
+  saved = {p: p.read_bytes() for p in config_dir.iterdir() if p.is_file()} if config_dir.is_dir() else {}
+  try:
+    yield
+  except BaseException:
+    added = _paths(root, name) - before
+    for path in sorted(added):
+      if path.parent in added:  # removed with its new parent
+        continue
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      else:
+        path.unlink(missing_ok=True)
+    for path, data in saved.items():
+      if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+    raise
+
+
+@contextlib.contextmanager
+def _set_aside(path):
+  """Moves the prepared folder ``path`` (if any) out of the way for the body; deletes it when the body
+  succeeds and puts it back when it fails."""
+  if path is None:
+    yield
+    return
+  path = Path(os.fspath(path))
+  aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+  os.replace(path, aside / path.name)
+  try:
+    yield
+  except BaseException:
+    if path.exists():
+      shutil.rmtree(path)
+    os.replace(aside / path.name, path)
+    aside.rmdir()
+    raise
+  shutil.rmtree(aside)
+
+
+def build_notes(builder) -> list[str]:
+  """Lines a builder keeps about how its prepared data differ from the source files (e.g. the non-finite
+  values set to 0 by the MulT builders), for ``mmjax data build`` to print."""
+  notes = getattr(builder, "build_notes", None)
+  return list(notes()) if notes else []
+
+
+def rebuild_hint(builder, name: str, data_dir: str | None) -> str:
+  """How to prepare dataset ``name`` again, replacing its prepared version."""
+  if needs_download(builder):
+    return (f"Prepare it again on a machine with network access and copy the folder to {builder.data_path} "
+            "(mmjax does not download).")
+  where = f" --data_dir {data_dir}" if data_dir else ""
+  manual = " --manual_dir DIR" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ""
+  return f"Rebuild it: `mmjax data build {name}{where}{manual} --overwrite`."
+
+
+class CheckedSource:
+  """A split's data source whose read errors (an array_record file damaged, truncated or missing) become
+  :class:`DatasetError` naming the file and how to rebuild it. ``files``: ``(first index, path)`` per file,
+  in index order."""
+
+  def __init__(self, source, files: list[tuple[int, str]], hint: str):
+    self.source = source
+    self.files = files
+    self.hint = hint
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    try:
+      return self.source[index]
+    except (RuntimeError, OSError) as e:
+      raise self._error(index, e) from None
+
+  def __getitems__(self, indices):
+    try:
+      return self.source.__getitems__(indices)
+    except (RuntimeError, OSError) as e:
+      raise self._error(indices[0] if len(indices) else 0, e) from None
+
+  def _error(self, index: int, error: Exception) -> DatasetError:
+    starts = [start for start, _ in self.files]
+    path = self.files[max(bisect.bisect_right(starts, int(index) % max(len(self), 1)) - 1, 0)][1]
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatasetError(f"cannot read {path}: the file is damaged, truncated or missing ({detail}). "
+                        f"{self.hint}")
+
+  def check(self) -> CheckedSource:
+    """Reads the first example of every file: cheap (no file is read through), and it finds truncated files,
+    damaged headers and footers, and missing files."""
+    for start, _ in self.files:
+      self[start]
+    return self
+
+
+def checked_source(builder, name: str, split: str, data_dir: str | None = None) -> CheckedSource:
+  """The checked (:meth:`CheckedSource.check`) data source of ``split`` of a prepared ``builder``."""
+  files, start = [], 0
+  for instruction in builder.info.splits[split].file_instructions:
+    if instruction.take:
+      files.append((start, instruction.filename))
+      start += instruction.take
+  source = builder.as_data_source(split=split)
+  return CheckedSource(source, files, rebuild_hint(builder, name, data_dir)).check()
+
+
 def open_split(data_cfg, split: str):
-  """The random-access data source of ``split``; prepares embedded datasets when ``data_cfg.prepare``."""
+  """The random-access data source of ``split`` (a :class:`CheckedSource`); prepares embedded datasets when
+  ``data_cfg.prepare``."""
   builder = get_builder(data_cfg.name, data_cfg.data_dir)
   if not builder.is_prepared():
     if is_embedded(data_cfg.name) and data_cfg.prepare:
-      builder.download_and_prepare(file_format="array_record")
+      builder = prepare(data_cfg.name, data_cfg.data_dir)
+    elif needs_download(builder):
+      raise _download_error(builder, data_cfg.name)
     else:
       manual = " --manual_dir DIR" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else ""
       raise DatasetError(
@@ -80,7 +259,7 @@ def open_split(data_cfg, split: str):
     )
   check_max_lengths(builder.info.features, dict(data_cfg.max_lengths), data_cfg.name,
                     derived_features(data_cfg))
-  return builder.as_data_source(split=split)
+  return checked_source(builder, data_cfg.name, split, data_cfg.data_dir)
 
 
 def derived_features(data_cfg) -> list[str]:

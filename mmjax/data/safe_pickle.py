@@ -9,7 +9,8 @@ admits only the globals that numpy arrays, numpy scalars and plain containers ne
 * ``collections.OrderedDict``, ``builtins.set`` and ``builtins.frozenset`` (containers at protocol <= 3).
 
 Dicts, lists, tuples, sets, numbers, strings and bytes need no global. Anything else raises
-``pickle.UnpicklingError`` naming the forbidden global, before it is called.
+:class:`UnsafePickleError` (a ``pickle.UnpicklingError`` and a user error: the command line prints it
+without a traceback) naming the file and the forbidden global, before anything is called.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import pickle
 
 import numpy as np
+
+from mmjax.data.errors import DatasetError
 
 try:  # numpy >= 2 (and the forward-compatible alias in late numpy 1.x)
   from numpy._core import multiarray as _multiarray
@@ -52,16 +55,28 @@ for _core in ("numpy.core", "numpy._core"):
   _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer
 
 
+class UnsafePickleError(DatasetError, pickle.UnpicklingError):
+  """A pickle that names a callable outside the allowed globals (a corrupt or planted file); nothing in it
+  was run."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-  """An unpickler whose ``find_class`` resolves only the globals listed in this module's docstring."""
+  """An unpickler whose ``find_class`` resolves only the globals listed in this module's docstring;
+  ``source`` (a file name) goes into the error message."""
+
+  def __init__(self, file, *, source: str = "", **kwargs):
+    super().__init__(file, **kwargs)
+    self.source = source
 
   def find_class(self, module: str, name: str):
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(
-          f"forbidden global in pickle: {module}.{name} (only numpy arrays and plain containers are "
-          "allowed; this file may be corrupt or malicious)"
+      where = f"{self.source}: " if self.source else ""
+      raise UnsafePickleError(
+          f"{where}forbidden global in pickle: {module}.{name}. Only numpy arrays and plain containers are "
+          "allowed, so nothing in the file was run; it may be corrupt or malicious. Delete it and get the "
+          "file again from its original source."
       ) from None
 
 
@@ -72,7 +87,9 @@ def load_pickle(path_or_file, *, encoding: str = "latin1"):
   does not affect Python 3 pickles."""
   if isinstance(path_or_file, str | os.PathLike):
     with open(path_or_file, "rb") as f:
-      return RestrictedUnpickler(f, encoding=encoding).load()
+      return RestrictedUnpickler(f, source=os.fspath(path_or_file), encoding=encoding).load()
   if isinstance(path_or_file, bytes | bytearray):
     path_or_file = io.BytesIO(path_or_file)
-  return RestrictedUnpickler(path_or_file, encoding=encoding).load()
+  name = getattr(path_or_file, "name", "")  # a file's name, for the error message
+  source = name if isinstance(name, str) else ""
+  return RestrictedUnpickler(path_or_file, source=source, encoding=encoding).load()

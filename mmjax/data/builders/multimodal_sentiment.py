@@ -19,8 +19,9 @@ Features (float32, ``[T, F]``; widths text / audio / vision: MOSI 300 / 5 / 20, 
     at the front back to the original length gives the sanitised original array exactly. Models that read
     "the last time step" (MulT) must read the last real step, as given by the mask.
   * Non-finite values (-inf in some audio entries; +inf and NaN too) are set to 0, as the original loaders
-    set -inf audio to 0; this happens before stripping, and the number replaced is logged per split and
-    feature.
+    set -inf audio to 0; this happens before stripping. The number replaced per split and feature is kept
+    in the info's metadata (``info.metadata["nonfinite_set_to_zero"]``, saved with the prepared dataset)
+    and printed by ``mmjax data build`` (:meth:`MultimodalSentiment.build_notes`).
   * ``label``: MOSI / MOSEI float32 sentiment in [-3, 3] (the ``[N, 1, 1]`` labels); IEMOCAP int32 ``[4]``,
     one binary flag per emotion (Neutral, Happy, Sad, Angry), the argmax of each emotion's 2-way one-hot
     (1 = present), as the original code trains it.
@@ -29,6 +30,12 @@ Features (float32, ``[T, F]``; widths text / audio / vision: MOSI 300 / 5 / 20, 
     (``array_record`` does not keep the write order).
 
 Splits: ``train``, ``validation`` (the pickle's ``valid``), ``test`` (MOSEI: 16,326 / 1,871 / 4,659).
+
+Checks
+  Every split is checked before any example is written: present and non-empty, the three modalities and
+  ``labels`` present, features ``[N, T, width]`` with this dataset's widths, labels finite and in range
+  (sentiment in [-3, 3]; each IEMOCAP emotion a one-hot pair of 0 / 1). A file that fails raises a
+  :class:`mmjax.data.errors.DatasetError` naming the file, the split and how to fix it.
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from mmjax.data.errors import DatasetError
 from mmjax.data.safe_pickle import load_pickle
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 MODALITIES = ("text", "audio", "vision")
 IEMOCAP_EMOTIONS = ("neutral", "happy", "sad", "angry")
+SENTIMENT_RANGE = 3.0  # MOSI / MOSEI labels lie in [-3, 3]
 
 _MULT_CITATION = """\
 @inproceedings{tsai2019multimodal,
@@ -137,12 +146,14 @@ class MultimodalSentiment(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         description=f"{self.__class__.__doc__}\n\n{__doc__}",
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
+        metadata=tfds.core.MetadataDict(),  # "nonfinite_set_to_zero": {split: {feature: counts}}
         homepage="https://github.com/yaohungt/Multimodal-Transformer",
         citation=f"{self.CITATION}\n{_MULT_CITATION}",
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    """Loads and checks the config's pickle once; returns one generator per split."""
+    """Loads and checks the config's pickle once, every split before any example is written; returns one
+    generator per split."""
     name = self.file_name(self.builder_config.name)
     try:
       manual_dir = dl_manager.manual_dir
@@ -150,67 +161,137 @@ class MultimodalSentiment(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       manual_dir = None
     if manual_dir is None or not (manual_dir / name).exists():
       where = manual_dir or getattr(dl_manager, "_manual_dir", None) or "the TFDS manual directory"
-      raise FileNotFoundError(
-          f"{self.name}/{self.builder_config.name} needs {name} in {where}, which is missing. "
-          f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+      full = f"{self.name}/{self.builder_config.name}"
+      raise DatasetError(
+          f"{full} needs {name} in {where}, which is missing. Pass the folder that holds it: "
+          f"`mmjax data build {full} --manual_dir DIR`. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
       )
     path = manual_dir / name
-    with path.open("rb") as f:
-      data = load_pickle(f)
+    try:
+      with path.open("rb") as f:
+        data = load_pickle(f)
+    except (DatasetError, MemoryError):
+      raise
+    except OSError as e:
+      raise DatasetError(f"cannot read {path} ({e}); check that it is a readable file") from None
+    except Exception as e:  # a truncated or non-pickle file: EOFError, UnpicklingError, ValueError, ...
+      raise self._bad_file(path, f"cannot be read as a pickle ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
-      raise ValueError(f"{path}: expected a dict of splits, got {type(data).__name__}")
-    return {split: self._generate_examples(self._prepare_split(data, orig, path), orig)
+      raise self._bad_file(path, f"holds a {type(data).__name__}, not a dict of splits")
+    self.info.metadata["nonfinite_set_to_zero"] = {}
+    return {split: self._generate_examples(self._prepare_split(data, split, path), orig)
             for split, orig in SPLITS.items()}
 
+  def _bad_file(self, path, problem: str, hint: str = "") -> DatasetError:
+    """The error about pickle ``path``: the problem, then how to fix it."""
+    full = f"{self.name}/{self.builder_config.name}"
+    return DatasetError(
+        f"{path} {problem}: it is not the original MulT pickle of {full}, or it is damaged. {hint}Get "
+        f"{self.file_name(self.builder_config.name)} again (yaohungt/Multimodal-Transformer), put it in the "
+        f"--manual_dir folder and rerun `mmjax data build {full} --manual_dir DIR`."
+    )
+
+  def _width_hint(self, key: str, width: int) -> str:
+    """Names the datasets whose ``key`` features are ``width`` wide (a pickle of another dataset)."""
+    others = [c.name for c in MultimodalSentiment.__subclasses__() if c.WIDTHS.get(key) == width]
+    if not others:
+      return ""
+    return f"{width} is the {key} width of {' and '.join(others)}: is this another dataset's file? "
+
   def _prepare_split(self, data: dict, split: str, path) -> dict:
-    """Checks one split's keys and shapes; sanitises, finds the leading padding and converts labels."""
-    where = f"{path}: [{split!r}]"
-    part = data.get(split)
+    """Checks one split (``split`` is the tfds name) of the pickle: keys, shapes, a non-empty split, finite
+    labels in the dataset's range; sanitises the features, finds the leading padding, converts the
+    labels."""
+    orig = SPLITS[split]
+    where = f"split {orig!r}" + (f" (mmjax's {split!r})" if orig != split else "")
+    part = data.get(orig)
     if not isinstance(part, dict):
-      raise ValueError(f"{where} is missing or not a dict (top-level keys: {sorted(map(str, data))})")
+      found = sorted(map(str, data))
+      problem = (f"has no {where}" if part is None else f"has a {type(part).__name__} as {where}, not a dict")
+      raise self._bad_file(path, f"{problem} (its splits: {found}; expected {sorted(SPLITS.values())})")
     missing = [k for k in (*MODALITIES, "labels") if k not in part]
     if missing:
-      raise ValueError(f"{where} lacks key(s) {missing} (keys: {sorted(map(str, part))})")
+      raise self._bad_file(path, f"lacks {missing} in {where} (its keys: {sorted(map(str, part))})")
     out, n = {}, None
+    counts = self.info.metadata["nonfinite_set_to_zero"].setdefault(split, {})
     for key in MODALITIES:
       x = np.asarray(part[key])
-      if x.ndim != 3 or x.shape[2] != self.WIDTHS[key] or (n is not None and x.shape[0] != n):
-        expected = f"[{n or 'N'}, T, {self.WIDTHS[key]}]"
-        raise ValueError(f"{where}[{key!r}] has shape {x.shape}; expected {expected}")
+      width = self.WIDTHS[key]
+      expected = f"[{'N' if n is None else n}, T, {width}]"
+      if x.ndim != 3 or (n is not None and x.shape[0] != n):
+        raise self._bad_file(path, f"has {key!r} of shape {x.shape} in {where}; expected {expected}")
+      if x.shape[2] != width:
+        raise self._bad_file(path, f"has {key!r} features {x.shape[2]} wide in {where}; {self.name} has "
+                                   f"{width} ({key!r} of shape {expected}, got {x.shape})",
+                             self._width_hint(key, x.shape[2]))
       n = x.shape[0]
       out[key], count = sanitize(x)
+      counts[key] = {"replaced": count, "values": int(x.size)}
       if count:
         logging.info("%s/%s %s: set %d non-finite %s values (of %d) to 0", self.name,
                      self.builder_config.name, split, count, key, x.size)
+    if n == 0:
+      raise self._bad_file(path, f"has no examples in {where} (its features have shape {x.shape})")
     if self.builder_config.name == "aligned":
       lengths = {k: out[k].shape[1] for k in MODALITIES}
       if len(set(lengths.values())) != 1:
-        raise ValueError(f"{where}: aligned features need one length, got {lengths}")
+        raise self._bad_file(path, f"has features of different lengths {lengths} in {where}; aligned "
+                                   "features have one length")
       start = leading_padding(*(out[k] for k in MODALITIES))
       out["start"] = {k: start for k in MODALITIES}
     else:
       out["start"] = {k: leading_padding(out[k]) for k in MODALITIES}
-    labels = np.asarray(part["labels"])
-    if self.CLASSIFICATION:
-      if labels.shape != (n, len(IEMOCAP_EMOTIONS), 2):
-        raise ValueError(f"{where}['labels'] has shape {labels.shape}; expected [{n}, 4, 2]")
-      out["label"] = labels.argmax(axis=-1).astype(np.int32)
-    else:
-      if labels.shape[:1] != (n,) or labels.size != n:
-        raise ValueError(f"{where}['labels'] has shape {labels.shape}; expected [{n}, 1, 1]")
-      out["label"] = labels.reshape(n).astype(np.float32)
-    if not np.all(np.isfinite(out["label"])):
-      raise ValueError(f"{where}['labels'] holds non-finite values")
+    out["label"] = self._check_labels(np.asarray(part["labels"]), n, where, path)
     ids = part.get("id")
     if ids is not None and np.shape(ids)[:1] != (n,):
-      raise ValueError(f"{where}['id'] has shape {np.shape(ids)}; expected [{n}, 3]")
-    out["id"] = [_id_string(r) for r in ids] if ids is not None else [f"{split}/{i}" for i in range(n)]
+      raise self._bad_file(path, f"has 'id' of shape {np.shape(ids)} in {where}; expected [{n}, 3]")
+    out["id"] = [_id_string(r) for r in ids] if ids is not None else [f"{orig}/{i}" for i in range(n)]
     out["n"] = n
     return out
 
-  def _generate_examples(self, part: dict, split: str):
+  def _check_labels(self, labels: np.ndarray, n: int, where: str, path) -> np.ndarray:
+    """The labels of one split as the features hold them, after checking shape, finiteness and range:
+    MOSI / MOSEI sentiment in [-3, 3]; IEMOCAP a 2-way one-hot of 0 / 1 per emotion."""
+    def rows(bad) -> str:
+      bad = np.flatnonzero(bad)
+      return f"{bad[:5].tolist()}{' ...' if len(bad) > 5 else ''} ({len(bad)} of {n})"
+
+    expected = f"[{n}, 4, 2]" if self.CLASSIFICATION else f"[{n}, 1, 1]"
+    if labels.dtype.kind not in "biuf" or (
+        labels.shape != (n, len(IEMOCAP_EMOTIONS), 2) if self.CLASSIFICATION
+        else labels.shape[:1] != (n,) or labels.size != n):
+      raise self._bad_file(path, f"has 'labels' of shape {labels.shape} ({labels.dtype}) in {where}; "
+                                 f"expected {expected}")
+    flat = labels.reshape(n, -1).astype(np.float64)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+      raise self._bad_file(path, f"has NaN or infinite labels in {where}, examples {rows(bad)}")
+    if self.CLASSIFICATION:
+      onehot = np.isin(labels, (0, 1)).all(axis=2) & (labels.sum(axis=2) == 1)
+      bad = ~onehot.all(axis=1)
+      if bad.any():
+        first = np.round(labels[np.flatnonzero(bad)[0]].astype(np.float64), 3).tolist()
+        raise self._bad_file(path, f"has labels that are not binary flags in {where}, examples {rows(bad)} "
+                                   f"(each emotion must be [1, 0] or [0, 1]; the first is {first})")
+      return labels.argmax(axis=-1).astype(np.int32)
+    bad = np.abs(flat[:, 0]) > SENTIMENT_RANGE + 1e-4
+    if bad.any():
+      lo, hi = -SENTIMENT_RANGE, SENTIMENT_RANGE
+      raise self._bad_file(path, f"has sentiment labels outside [{lo:g}, {hi:g}] in {where}, examples "
+                                 f"{rows(bad)} (e.g. {flat[np.flatnonzero(bad)[0], 0]:g})")
+    return labels.reshape(n).astype(np.float32)
+
+  def build_notes(self) -> list[str]:
+    """Lines on how the prepared data differ from the pickle (from the info's metadata): the non-finite
+    feature values set to 0, per split and feature."""
+    counts = (self.info.metadata or {}).get("nonfinite_set_to_zero") or {}
+    lines = [f"{split} {key}: set {c['replaced']:,} non-finite values (of {c['values']:,}) to 0"
+             for split, per_key in counts.items() for key, c in per_key.items() if c["replaced"]]
+    return lines or (["no non-finite feature values"] if counts else [])
+
+  def _generate_examples(self, part: dict, orig: str):
     """Yields ``(row, example)`` pairs of one split."""
-    del split
+    del orig
     for i in range(part["n"]):
       example = {k: part[k][i, part["start"][k][i]:] for k in MODALITIES}
       example.update(label=part["label"][i], id=part["id"][i], index=i)
