@@ -197,7 +197,8 @@ def _user_error(e: BaseException) -> str:
   """One paragraph: ``mmjax: error: <message>``, wrapped at 110 columns (the message's own line breaks,
   e.g. lists of mismatched names, are kept)."""
   lines = str(e).strip().splitlines() or [type(e).__name__]
-  first = textwrap.fill(f"mmjax: error: {lines[0]}", width=110, subsequent_indent="  ")
+  first = textwrap.fill(f"mmjax: error: {lines[0]}", width=110, subsequent_indent="  ",
+                        break_on_hyphens=False, break_long_words=False)  # paths stay whole
   return "\n".join([first, *lines[1:]])
 
 
