@@ -46,6 +46,16 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmjax.data.errors import DatasetError
+
+
+class CaptionsError(DatasetError, ValueError):
+  """A manual captions directory whose files do not hold what the builder expects."""
+
+
+class CaptionsFileMissing(DatasetError, FileNotFoundError):
+  """A file or folder the manual captions directory must have is missing."""
+
 SPLITS = ("train", "validation", "test")
 JSONL = "captions.jsonl"
 IMAGE_DIR = "images"
@@ -113,7 +123,7 @@ def _encode(pair: Pair, config: ImageCaptionsConfig) -> bytes:
   try:
     array = load_image(pair.path, config.image_size)
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise ValueError(f"cannot decode image {pair.path} (named by {pair.source}): {e}") from e
+    raise CaptionsError(f"cannot decode image {pair.path} (named by {pair.source}): {e}") from e
   buffer = io.BytesIO()
   if config.encoding == "jpeg":
     Image.fromarray(array).save(buffer, format="JPEG", quality=config.jpeg_quality)
@@ -153,27 +163,27 @@ def read_jsonl(manual_dir: epath.Path) -> list[Pair]:
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON on line {n} ({e.msg}, column {e.colno})") from None
+        raise CaptionsError(f"{where}: malformed JSON on line {n} ({e.msg}, column {e.colno})") from None
       if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object with \"image\" and \"caption\", got {obj!r}")
+        raise CaptionsError(f"{where}: expected a JSON object with \"image\" and \"caption\", got {obj!r}")
       name, text, split = obj.get("image"), obj.get("caption"), obj.get("split", "train")
       if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{where}: \"image\" must be a path relative to {IMAGE_DIR}/, got {name!r}")
+        raise CaptionsError(f"{where}: \"image\" must be a path relative to {IMAGE_DIR}/, got {name!r}")
       if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{where}: \"caption\" must be a non-empty string, got {text!r}")
+        raise CaptionsError(f"{where}: \"caption\" must be a non-empty string, got {text!r}")
       if split not in SPLITS:
-        raise ValueError(f"{where}: unknown split {split!r}; expected one of {list(SPLITS)}")
+        raise CaptionsError(f"{where}: unknown split {split!r}; expected one of {list(SPLITS)}")
       if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"{where}: image {name!r} must be a relative path inside {images}/")
+        raise CaptionsError(f"{where}: image {name!r} must be a relative path inside {images}/")
       if not pairs and not images.is_dir():
-        raise FileNotFoundError(f"{path} names images relative to {images}/, which does not exist")
+        raise CaptionsFileMissing(f"{path} names images relative to {images}/, which does not exist")
       file = images / name
       if not exists(file):
         hint = f" (paths are relative to {IMAGE_DIR}/)" if name.startswith(IMAGE_DIR + "/") else ""
-        raise FileNotFoundError(f"{where}: image {name!r} not found: {file} does not exist{hint}")
+        raise CaptionsFileMissing(f"{where}: image {name!r} not found: {file} does not exist{hint}")
       pairs.append(Pair(split, file, name, _collapse(text), n, where))
   if not pairs:
-    raise ValueError(f"{path} holds no image-caption pairs")
+    raise CaptionsError(f"{path} holds no image-caption pairs")
   return pairs
 
 
@@ -187,30 +197,31 @@ def read_coco(manual_dir: epath.Path) -> list[Pair]:
       continue
     images = manual_dir / folder
     if not images.is_dir():
-      raise FileNotFoundError(f"{path} needs its images in {images}/, which does not exist")
+      raise CaptionsFileMissing(f"{path} needs its images in {images}/, which does not exist")
     try:
       data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: malformed JSON on line {e.lineno} ({e.msg}, column {e.colno})") from None
+      raise CaptionsError(f"{path}: malformed JSON on line {e.lineno} ({e.msg}, column {e.colno})") from None
     if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
       keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-      raise ValueError(f"{path}: expected a COCO captions file with 'images' and 'annotations', got {keys}")
+      raise CaptionsError(f"{path}: expected a COCO captions file with 'images' and 'annotations', got "
+                          f"{keys}")
     try:
       files = {img["id"]: img["file_name"] for img in data["images"]}
     except (KeyError, TypeError) as e:
-      raise ValueError(f"{path}: every entry of 'images' needs 'id' and 'file_name' ({e!r})") from None
+      raise CaptionsError(f"{path}: every entry of 'images' needs 'id' and 'file_name' ({e!r})") from None
     for k, a in enumerate(data["annotations"]):
       where = f"{path}: annotation {k}"
       if not isinstance(a, dict) or not {"id", "image_id", "caption"} <= set(a):
-        raise ValueError(f"{where} needs 'id', 'image_id' and 'caption', got {a!r}")
+        raise CaptionsError(f"{where} needs 'id', 'image_id' and 'caption', got {a!r}")
       where = f"{path}: annotation {a['id']}"
       if a["image_id"] not in files:
-        raise ValueError(f"{where} names image_id {a['image_id']!r}, which 'images' does not list")
+        raise CaptionsError(f"{where} names image_id {a['image_id']!r}, which 'images' does not list")
       if not isinstance(a["caption"], str) or not a["caption"].strip():
-        raise ValueError(f"{where}: 'caption' must be a non-empty string, got {a['caption']!r}")
+        raise CaptionsError(f"{where}: 'caption' must be a non-empty string, got {a['caption']!r}")
       file = images / files[a["image_id"]]
       if not exists(file):
-        raise FileNotFoundError(f"{where} (image_id {a['image_id']}): image {file} does not exist")
+        raise CaptionsFileMissing(f"{where} (image_id {a['image_id']}): image {file} does not exist")
       pairs.append(Pair(split, file, str(a["image_id"]), _collapse(a["caption"]), int(a["id"]), where))
   return pairs
 
@@ -255,7 +266,7 @@ class ImageCaptions(tfds.core.GeneratorBasedBuilder):
     except AssertionError:  # tfds: the directory is missing or empty
       where = getattr(dl_manager, "_manual_dir", None)
       state = "is empty" if where and epath.Path(where).is_dir() else "does not exist"
-      raise FileNotFoundError(
+      raise CaptionsFileMissing(
         f"{self.name}: the manual directory {where or '(none given)'} {state}.\n{_INSTRUCTIONS}"
       ) from None
 
@@ -272,7 +283,7 @@ class ImageCaptions(tfds.core.GeneratorBasedBuilder):
     else:
       found = sorted(p.name + ("/" if p.is_dir() else "") for p in manual_dir.iterdir())
       shown = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") or "nothing"
-      raise FileNotFoundError(
+      raise CaptionsFileMissing(
         f"{self.name}: no captions in {manual_dir}: neither {JSONL} nor "
         f"{' / '.join(a for a, _ in COCO.values())} exists (found: {shown}).\n{_INSTRUCTIONS}"
       )
