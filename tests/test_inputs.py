@@ -10,6 +10,7 @@ import pytest
 from mmjax import models
 from mmjax.errors import InputError, UserError
 from mmjax.layers import KernelUnavailableError, check_modalities, dot_product_attention
+from tests.conftest import CONFIGS
 
 B = 4
 RNG = np.random.default_rng(0)
@@ -160,3 +161,19 @@ def test_unknown_or_unavailable_kernel_through_a_model():
 
 def test_check_modalities_returns_the_batch_size():
   assert check_modalities(BATCH, ("image", "audio", "text"), model_name="m") == B
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.model.kwargs.attention=foo", "unknown attention implementation 'foo'; available:"),
+    ("--config.model.kwargs.modalities=('image','smell')", "model 'late_fusion' needs modality 'smell'"),
+], ids=["kernel", "modality"])
+def test_the_cli_prints_input_errors_without_a_traceback(override, expected, data_dir, tmp_path, capsys):
+  from mmjax.cli import main
+
+  workdir = tmp_path / "w"
+  config = f"{CONFIGS / 'late_fusion_digits.py'}:runlocal"
+  code = main(["train", "--config", config, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+               override])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("mmjax: error:") and "Traceback" not in err, err
+  assert expected in " ".join(err.split()) and not workdir.exists()
