@@ -15,3 +15,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config file or override that does not fit the schema, or a value out of its range."""
+
+
+class InputError(UserError, ValueError):
+  """Arrays given to a model, a layer or a task that do not fit it: a missing modality, batch sizes or
+  mask shapes that disagree, a wrong dtype, labels out of range."""

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from mmjax import models, tasks
+from mmjax.errors import InputError
 from mmjax.train.optim import Optimizer
 from mmjax.train.run import init_state
 from mmjax.train.step import train_step
@@ -88,7 +89,7 @@ def test_missing_modality_and_bad_fields_are_clear_errors():
   model = small("late_fusion")
   batch = fake_batch()
   del batch["text"]
-  with pytest.raises(KeyError, match="needs modality 'text'"):
+  with pytest.raises(InputError, match="needs modality 'text'"):  # a UserError (and a ValueError)
     model.init(jax.random.PRNGKey(0), batch, train=False)
   with pytest.raises(ValueError, match="has no field"):
     models.build("late_fusion", {"widht": 3})

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from mmjax import models
+from mmjax.errors import InputError
 from mmjax.models import mult, registry
 from mmjax.models.convert import mult_torch
 
@@ -249,7 +250,7 @@ def test_output_shapes_aligned_unaligned_and_ablations():
     want = {f"trans_{t}_mem", *(f"trans_{t}_with_{s}" for s in "lav" if s != t)}
     assert {k for k in variables["params"] if k.startswith("trans")} == want
     assert out.shape == (3, 3) and aux["last_hs"].shape == (3, 16)
-  with pytest.raises(KeyError, match="audio"):
+  with pytest.raises(InputError, match="needs modality 'audio'"):
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), {"text": batch["text"]}, train=False))
   with pytest.raises(ValueError, match="target modality"):
     tiny(target_modalities=("smell",)).target_letters()

@@ -28,6 +28,9 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from mmjax.errors import InputError, UserError
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "chunked", "auto")
 KERNELS = IMPLEMENTATIONS[:-1]
@@ -46,6 +49,11 @@ _log = logging.getLogger(__name__)
 _logged_choices: set[tuple[str, str]] = set()
 
 
+class KernelUnavailableError(UserError, ValueError):
+  """An attention kernel that does not exist, or cannot serve a call (backend, dtype, mask, dropout); the
+  message lists the kernels that can."""
+
+
 def _check_shapes(query, key, value):
   if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
     raise ValueError(
@@ -61,6 +69,35 @@ def _check_shapes(query, key, value):
   if query.shape[2] % key.shape[2]:
     raise ValueError(
         f"query heads ({query.shape[2]}) must be a multiple of key/value heads ({key.shape[2]})"
+    )
+
+
+def _check_mask_and_lengths(query, key, mask, key_lengths):
+  """The ``mask`` (bool, broadcastable to ``[B, H, Lq, Lk]``) and ``key_lengths`` (``[B]``) arguments."""
+  b, lq, h, _ = query.shape
+  full = (b, h, lq, key.shape[1])
+  where = "dot_product_attention:"
+  if mask is not None:
+    shape, dtype = np.shape(mask), mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
+    if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)):
+      raise InputError(
+          f"{where} mask is {dtype} {list(shape)}; it must be bool (True = the query may attend the key), "
+          "not an additive bias: convert a bias to a mask (e.g. bias == 0)"
+      )
+    try:
+      fits = len(shape) <= 4 and np.broadcast_shapes(shape, full) == full
+    except ValueError:
+      fits = False
+    if not fits:
+      raise InputError(
+          f"{where} mask has shape {list(shape)}, which does not broadcast to [B, H, Lq, Lk] = {list(full)} "
+          f"(query {list(query.shape)}, key {list(key.shape)}); give it that shape, or size-1 axes in its "
+          "place (e.g. [B, 1, 1, Lk] for key padding, [Lq, Lk] for one mask shared by all)"
+      )
+  if key_lengths is not None and np.shape(key_lengths) != (b,):
+    raise InputError(
+        f"{where} key_lengths has shape {list(np.shape(key_lengths))}; it must be [B] = [{b}] (the number "
+        "of valid leading keys of each example)"
     )
 
 
@@ -340,7 +377,13 @@ def unsupported_reason(
     if causal and (has_lengths or lq > lk):
       return "'pallas' with causal=True needs Lq <= Lk and no key_lengths"
     return None
-  raise ValueError(f"unknown attention implementation {implementation!r}; available: {IMPLEMENTATIONS}")
+  raise KernelUnavailableError(_unknown_kernel(implementation))
+
+
+def _unknown_kernel(implementation) -> str:
+  return (f"unknown attention implementation {implementation!r}; available: {IMPLEMENTATIONS}. Set the "
+          "attention kernel (a model's `attention` field, e.g. --config.model.kwargs.attention=xla) to one "
+          "of them")
 
 
 def select_implementation(
@@ -404,12 +447,17 @@ def dot_product_attention(
 
   Returns:
     ``[B, Lq, H, D]`` in the dtype of ``value``.
+
+  Raises:
+    InputError: ``mask`` not bool/integer or not broadcastable to ``[B, H, Lq, Lk]``, or ``key_lengths``
+      not ``[B]`` (checked at trace time; the message names the argument and both shapes).
+    KernelUnavailableError: an unknown ``implementation``, or one that cannot serve this call (the
+      message lists those that can).
   """
   _check_shapes(query, key, value)
+  _check_mask_and_lengths(query, key, mask, key_lengths)
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"unknown attention implementation {implementation!r}; available: {IMPLEMENTATIONS}"
-    )
+    raise KernelUnavailableError(_unknown_kernel(implementation))
   if dropout_rate > 0.0 and dropout_rng is None:
     raise ValueError("attention dropout_rate > 0 needs a dropout_rng")
   if scale is None:
@@ -425,7 +473,10 @@ def dot_product_attention(
   why = unsupported_reason(implementation, **req, interpret=interpret)
   if why is not None:
     able = [k for k in KERNELS if unsupported_reason(k, **req, interpret=interpret) is None]
-    raise ValueError(f"attention kernel {why}; kernels that can serve this call: {able} (or 'auto')")
+    raise KernelUnavailableError(
+        f"attention kernel {why}; kernels that can serve this call: {able} (or 'auto'). Choose one of them "
+        "(a model's `attention` field, e.g. --config.model.kwargs.attention=auto)"
+    )
   lq, lk = query.shape[1], key.shape[1]
 
   if implementation == "chunked":

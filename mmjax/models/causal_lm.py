@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.layers.inputs import check_modalities
 from mmjax.models.gpt2 import GPT2, GPT2Config
 from mmjax.models.registry import register
 
@@ -57,6 +58,7 @@ class CausalLM(nn.Module):
     return logits[:, 1:]
 
   def __call__(self, batch: dict, *, train: bool):
+    check_modalities(batch, (self.text_key,), model_name="causal_lm", kinds="tokens", field="text_key")
     tokens = batch[self.text_key]
     mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
     inputs = jnp.concatenate([jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype), tokens[:, :-1]], 1)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.layers import Encoder, SequenceEmbed, masked_mean
+from mmjax.layers.inputs import check_modalities
 from mmjax.models.late_fusion import modality_inputs
 from mmjax.models.registry import register
 
@@ -39,6 +40,7 @@ class EarlyFusion(nn.Module):
   def __call__(self, batch: dict, *, train: bool):
     if not self.modalities:
       raise ValueError("EarlyFusion needs at least one modality")
+    check_modalities(batch, self.modalities, model_name="early_fusion", vocab_size=self.vocab_size)
     type_embed = self.param(
         "modality_type", nn.initializers.normal(0.02), (len(self.modalities), self.width)
     )

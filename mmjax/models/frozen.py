@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers.inputs import check_modalities
 from mmjax.models.gpt2 import GPT2, GPT2Config
 from mmjax.models.registry import register
 
@@ -198,6 +199,9 @@ class Frozen(nn.Module):
 
   def __call__(self, batch: dict, *, train: bool):
     self._check_trainable(train)
+    check_modalities(batch, (self.image_key, self.text_key), model_name="frozen",
+                     kinds={self.image_key: "image_or_rgb", self.text_key: "tokens"},
+                     field={self.image_key: "image_key", self.text_key: "text_key"})
     tokens = batch[self.text_key]
     mask = batch.get(f"{self.text_key}_mask", jnp.ones(tokens.shape, bool))
     prefix = self.prefix(batch[self.image_key])

@@ -20,13 +20,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.layers import Encoder, SequenceEmbed, masked_mean
+from mmjax.layers.inputs import check_modalities
 from mmjax.models.registry import register
 
 
 def modality_inputs(batch: dict, modality: str):
-  """``(inputs, mask_or_None)`` of ``modality``; a clear error when the batch lacks it."""
-  if modality not in batch:
-    raise KeyError(f"the model needs modality {modality!r} but the batch has keys {sorted(batch)}")
+  """``(inputs, mask_or_None)`` of ``modality`` (checked by :func:`~mmjax.layers.inputs.check_modalities`)."""
   return batch[modality], batch.get(f"{modality}_mask")
 
 
@@ -49,6 +48,7 @@ class LateFusion(nn.Module):
   def __call__(self, batch: dict, *, train: bool):
     if not self.modalities:
       raise ValueError("LateFusion needs at least one modality")
+    check_modalities(batch, self.modalities, model_name="late_fusion", vocab_size=self.vocab_size)
     pooled = []
     for m in self.modalities:
       x, mask = modality_inputs(batch, m)

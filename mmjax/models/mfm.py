@@ -144,13 +144,14 @@ class MFM(nn.Module):
     unknown = set(observed) - set(self.modalities)
     if unknown or not observed:
       raise ValueError(f"observed must be a non-empty subset of {tuple(self.modalities)}; got {observed}")
-    b = batch[self.modalities[0]].shape[0]
+    b = vc.check_inputs(self, batch, "mfm")
     present = jnp.broadcast_to(jnp.array([m in observed for m in self.modalities]), (b, len(self.modalities)))
     enc = self.encode(batch, present, train=False)
     recon = self.decode(enc["f_y"], enc["f"], {m: batch[m] for m in self.modalities})
     return self.predict(enc["f_y"]), recon
 
   def __call__(self, batch: dict, *, train: bool):
+    vc.check_inputs(self, batch, "mfm")
     enc = self.encode(batch, train=train)
     present = enc["present"]
     recon = self.decode(enc["f_y"], enc["f"], {m: batch[m] for m in self.modalities})

@@ -42,6 +42,7 @@ class MMVAE(vc.MultimodalVAE):
     return self.decode(z, likes)
 
   def __call__(self, batch: dict, *, train: bool):
+    vc.check_inputs(self, batch, "mmvae")
     present = vc.present_mask(batch, self.modalities)  # [B, M]
     mus, logvars = self.encode(batch, train=train)  # [M, B, Z]
     if train:

@@ -54,8 +54,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import InputError
 from mmjax.layers.attention import causal_mask, dot_product_attention
 from mmjax.layers.embeddings import sinusoidal_positions
+from mmjax.layers.inputs import check_modalities, shape_str
 from mmjax.models.registry import register
 
 _LETTERS = ("l", "a", "v")
@@ -275,18 +277,21 @@ class MulT(nn.Module):
     if len(self.modality_keys) != 3 or len(self.kernel_sizes) != 3:
       raise ValueError("MulT needs three modality_keys and three kernel_sizes (text, audio, vision); got "
                        f"{self.modality_keys} and {self.kernel_sizes}")
+    kinds = dict(zip(self.modality_keys, ("sequence", "features", "features"), strict=True))
+    check_modalities(batch, tuple(self.modality_keys), model_name="mult", kinds=kinds, field="modality_keys",
+                     vocab_size=self.text_vocab_size, vocab_field="text_vocab_size")
     xs, masks = {}, {}
     for letter, key, k in zip(_LETTERS, self.modality_keys, self.kernel_sizes, strict=True):
-      if key not in batch:
-        raise KeyError(f"MulT needs modality {key!r} but the batch has keys {sorted(batch)}")
       x, valid = batch[key], batch.get(f"{key}_mask")
+      if x.shape[1] < k:
+        raise InputError(
+            f"model 'mult': batch[{key!r}] {shape_str(x.shape)} has {x.shape[1]} steps, fewer than its "
+            f"convolution's kernel size {k}; give it at least {k} steps (pad it) or lower "
+            "model.kwargs.kernel_sizes"
+        )
       if letter == "l" and jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
-        if self.text_vocab_size <= 0:
-          raise ValueError(f"MulT text input {key!r} holds token ids: set text_vocab_size and text_embed_dim")
         x = nn.Embed(self.text_vocab_size, self.text_embed_dim, dtype=self.dtype, name="text_embed")(x)
       x = jnp.asarray(x, self.dtype)
-      if x.ndim != 3 or x.shape[1] < k:
-        raise ValueError(f"MulT input {key!r} must be [B, T, F] with T >= kernel size {k}; got {x.shape}")
       if valid is not None:
         valid = jnp.asarray(valid, bool)
         x = jnp.where(valid[..., None], x, 0)

@@ -43,6 +43,7 @@ class MVAE(vc.MultimodalVAE):
     return self.decode(z, likes)
 
   def __call__(self, batch: dict, *, train: bool):
+    vc.check_inputs(self, batch, "mvae")
     present = vc.present_mask(batch, self.modalities)
     mus, logvars = self.encode(batch, train=train)
     likes = {m: batch[m] for m in self.modalities}

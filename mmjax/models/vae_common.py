@@ -37,7 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import InputError
 from mmjax.layers import Encoder, SequenceEmbed, masked_mean, sinusoidal_positions
+from mmjax.layers.inputs import check_modalities, shape_str
 
 LOG_2PI = math.log(2.0 * math.pi)
 LOGVAR_RANGE = (-8.0, 8.0)  # encoders clip log-variances to this range for numerical safety
@@ -241,8 +243,12 @@ def present_mask(batch: dict, modalities) -> jax.Array:
     cols = [jnp.broadcast_to(jnp.asarray(p.get(m, True), bool), (b,)) for m in modalities]
     return jnp.stack(cols, axis=1)
   p = jnp.asarray(p, bool)
-  if p.shape[-1] != len(modalities):
-    raise ValueError(f"batch['_present'] has {p.shape[-1]} columns; the model has modalities {modalities}")
+  if p.ndim > 2 or p.shape[-1:] != (len(modalities),) or p.shape[:-1] not in ((), (1,), (b,)):
+    want = shape_str((b, len(modalities)))
+    raise InputError(
+        f"batch['_present'] has shape {shape_str(p.shape)}; it must be [B, M] = {want} (or [M]), one bool "
+        f"column per modality of the model, in the order {tuple(modalities)}"
+    )
   return jnp.broadcast_to(p, (b, len(modalities)))
 
 
@@ -257,6 +263,18 @@ def likelihood_scales(likes: dict, modalities) -> dict:
   dims = {m: elements(likes[m]) for m in modalities}
   top = max(dims.values())
   return {m: top / d for m, d in dims.items()}
+
+
+def check_inputs(model, batch: dict, model_name: str) -> int:
+  """:func:`~mmjax.layers.inputs.check_modalities` for a latent-variable model (its ``modalities``,
+  ``image_modalities`` and ``vocab_size``); returns ``B``."""
+  kinds = {m: "image" if modality_kind(m, model.image_modalities) == "image" else "sequence"
+           for m in model.modalities}
+  return check_modalities(
+      batch, model.modalities, model_name=model_name, kinds=kinds, vocab_size=model.vocab_size,
+      missing_hint="; an absent modality still needs an array of its shape (e.g. zeros) with "
+      "batch['_present'] marking it missing",
+  )
 
 
 def modality_batch(batch: dict, modality: str):
@@ -342,7 +360,7 @@ class MultimodalVAE(nn.Module):
     unknown = set(observed) - set(self.modalities)
     if unknown or not observed:
       raise ValueError(f"observed must be a non-empty subset of {tuple(self.modalities)}; got {observed}")
-    b = batch[self.modalities[0]].shape[0]
+    b = check_inputs(self, batch, type(self).__name__.lower())
     present = jnp.broadcast_to(jnp.array([m in observed for m in self.modalities]), (b, len(self.modalities)))
     mus, logvars = self.encode(batch, train=False)
     mu = self.posterior_mean(mus, logvars, present)

@@ -7,6 +7,14 @@ A task is an object with
 A task whose metrics are not sums (correlation, F1) also defines
 ``eval_outputs(outputs, aux, batch) -> {name: [B, ...] array}`` (per-example predictions and labels) and
 ``summarize(arrays) -> {name: float}``, called on the host with the valid examples of a whole split.
+
+Every task also defines ``check_batch(batch, outputs_shape) -> None``: a host-side (numpy) check of one
+batch's labels against the model's output shape ``outputs_shape`` (e.g. ``(B, C)``), run by the engine on
+the first batch of training and of evaluation. It looks at the real examples only (``batch["_valid"] > 0``
+when present) and raises :class:`~mmjax.tasks.checks.LabelError` (a ``UserError``) naming the label key,
+the offending values and how many examples hold them, the valid range and the fix, where the jitted loss
+would silently learn nothing from them (a class id past the model's classes, a NaN, a token id past the
+vocabulary).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import dataclasses
 import difflib
 
 from mmjax.errors import ConfigError
+from mmjax.tasks.checks import LabelError
 from mmjax.tasks.classification import Classification
 from mmjax.tasks.multilabel import MultiLabelBinary
 from mmjax.tasks.next_token import NextToken
@@ -44,4 +53,5 @@ def get(name: str, **kwargs):
                       f"{fields}") from None
 
 
-__all__ = ["Classification", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get", "names"]
+__all__ = ["Classification", "LabelError", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get",
+           "names"]

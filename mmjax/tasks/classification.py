@@ -8,6 +8,8 @@ import dataclasses
 import jax.numpy as jnp
 import optax
 
+from mmjax.tasks import checks
+
 
 def example_weights(batch: dict, n: int):
   """``[B]`` float weights: ``batch["_valid"]`` when present (evaluation padding), else ones."""
@@ -56,6 +58,12 @@ class Classification:
     """No split-level scalar beyond the sums; the predictions are kept for the confusion matrix."""
     del arrays
     return {}
+
+  def check_batch(self, batch: dict, outputs_shape: tuple) -> None:
+    """Labels of the real examples must be class ids in ``[0, C)``, ``C = outputs_shape[-1]``."""
+    labels = checks.labels_of(batch, self.label_key, "classification")
+    checks.check_class_ids(labels, int(outputs_shape[-1]), key=self.label_key, task="classification",
+                           fix=checks.CLASSES_FIX)
 
 
 def jax_one_hot(labels, num_classes):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmjax.metrics import IEMOCAP_EMOTIONS, iemocap_metrics
+from mmjax.tasks import checks
 from mmjax.tasks.classification import example_weights
 
 
@@ -58,3 +60,29 @@ class MultiLabelBinary:
   def summarize(self, arrays):
     """Per-label accuracy and weighted F1 over a whole split."""
     return iemocap_metrics(arrays["logits"], arrays["label"], emotions=tuple(self.labels))
+
+  def check_batch(self, batch: dict, outputs_shape: tuple) -> None:
+    """Labels of the real examples must be ``[B, K]`` 0/1 flags, ``K = outputs_shape[-1] // 2`` (which
+    must also be the number of names in ``labels``)."""
+    task, key, width = "multilabel_binary", self.label_key, int(outputs_shape[-1])
+    k = width // 2
+    if width != 2 * len(self.labels):
+      raise checks.LabelError(
+          f"task {task!r}: the model has {width} outputs (2 per binary label) but task.kwargs.labels names "
+          f"{len(self.labels)} labels {tuple(self.labels)}; set model.kwargs.output_dim to "
+          f"{2 * len(self.labels)}, or list {k} label names in task.kwargs.labels"
+      )
+    labels = checks.labels_of(batch, key, task)
+    if labels.ndim != 2 or labels.shape[1] != k:
+      shape = "[" + ", ".join(str(d) for d in np.shape(batch[key])) + "]"
+      raise checks.LabelError(
+          f"task {task!r}: batch[{key!r}] has shape {shape} but the model predicts {k} binary labels "
+          f"(outputs [B, {width}]), so the labels must be [B, {k}]; set model.kwargs.output_dim to twice the "
+          "number of labels and task.kwargs.labels to their names"
+      )
+    bad = (labels != 0) & (labels != 1)
+    if bad.any():
+      raise checks.LabelError(
+          f"task {task!r}: batch[{key!r}] holds {checks.offending(labels, bad)} that are not 0/1 flags; "
+          f"{task} takes one 0/1 flag per label: binarize the labels (e.g. label > 0)"
+      )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
+from mmjax.errors import ConfigError
 from mmjax.metrics import mosi_metrics
+from mmjax.tasks import checks
 from mmjax.tasks.classification import example_weights
 
 LOSSES = ("l1", "l2")
@@ -25,12 +28,22 @@ class Regression:
   label_key: str = "label"
   loss_type: str = "l1"  # or "l2"
   metrics: str = "mosi"  # or "" for the loss only
+  label_range: tuple | None = None  # (low, high): check_batch rejects labels outside it; None = unchecked
 
   def __post_init__(self):
     if self.loss_type not in LOSSES:
       raise ValueError(f"unknown regression loss {self.loss_type!r}; available: {LOSSES}")
     if self.metrics not in METRICS:
       raise ValueError(f"unknown regression metrics {self.metrics!r}; available: {METRICS}")
+    if self.label_range is not None:
+      try:
+        low, high = (float(v) for v in self.label_range)
+      except (TypeError, ValueError):
+        low, high = 1.0, 0.0
+      if not low <= high:
+        raise ConfigError(f"task.kwargs.label_range must be (low, high) with low <= high, or None; got "
+                          f"{self.label_range!r}")
+      object.__setattr__(self, "label_range", (low, high))  # hashable, whatever sequence the config gave
 
   def _errors(self, outputs, batch):
     if outputs.ndim != 2 or outputs.shape[-1] != 1:
@@ -64,3 +77,19 @@ class Regression:
   def summarize(self, arrays):
     """Paper metrics over a whole split."""
     return mosi_metrics(arrays["pred"], arrays["label"]) if self.metrics == "mosi" else {}
+
+  def check_batch(self, batch: dict, outputs_shape: tuple) -> None:
+    """Labels of the real examples must be finite, and inside ``label_range`` when it is set."""
+    del outputs_shape
+    labels = np.asarray(checks.labels_of(batch, self.label_key, "regression"), np.float64)
+    checks.check_finite(labels, key=self.label_key, task="regression")
+    if self.label_range is None:
+      return
+    low, high = self.label_range
+    bad = (labels < low) | (labels > high)
+    if bad.any():
+      raise checks.LabelError(
+          f"task 'regression': batch[{self.label_key!r}] holds {checks.offending(labels, bad)} outside "
+          f"task.kwargs.label_range [{low:g}, {high:g}]; fix those labels in the dataset, or widen "
+          "task.kwargs.label_range (None checks no range)"
+      )

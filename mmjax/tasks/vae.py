@@ -32,10 +32,12 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmjax.metrics import mosi_metrics
 from mmjax.models import vae_common as vc
+from mmjax.tasks import checks
 from mmjax.tasks.classification import example_weights
 
 BERNOULLI_EPS = 1e-6  # means are clipped to [eps, 1 - eps] inside the Bernoulli log-likelihood
@@ -178,3 +180,19 @@ class VAE:
   def summarize(self, arrays):
     """Sentiment metrics over a whole split (``metrics="mosi"``)."""
     return mosi_metrics(arrays["pred"], arrays["label"]) if self.metrics else {}
+
+  def check_batch(self, batch: dict, outputs_shape: tuple) -> None:
+    """The label, when the batch has one, of the real examples: class ids in ``[0, C)`` for outputs
+    ``[B, C]``, finite values for predictions ``[B]``. A model without a label head (``num_classes=0``)
+    outputs its latent mean ``[B, Z]``; its labels are read as classes of ``Z`` too, so give it
+    ``task.kwargs.label_key=''`` when they do not fit."""
+    if self.label_key not in batch:
+      return
+    labels = checks.labels_of(batch, self.label_key, "vae")
+    if len(outputs_shape) == 1:
+      checks.check_finite(np.asarray(labels, np.float64), key=self.label_key, task="vae")
+      return
+    fix = ("set model.kwargs.num_classes to at least {n} (a model without a label head, num_classes=0, "
+           "takes no label: set task.kwargs.label_key='')")
+    checks.check_class_ids(labels, int(outputs_shape[-1]), key=self.label_key, task="vae", fix=fix,
+                           real_valued="set model.kwargs.num_classes=1")
