@@ -71,6 +71,8 @@ def catalogue(tmp_path_factory, data_dir, finished):
       "cudnn on the CPU": (train(tmp / "w8", "--config.model.kwargs.attention=cudnn"), tmp / "w8", "cudnn"),
       "out of memory": (train(tmp / "w9", "--config.model.kwargs.width=200000"), tmp / "w9",
                         "needs about"),
+      "labels out of range": (train(tmp / "w12", "--config.model.kwargs.num_classes=7"), tmp / "w12",
+                              "outside the valid range [0, 7)"),
       "resume with another model": (train(copy("other_model"), "--config.model.kwargs.width=32"),
                                     tmp / "other_model", "written by a different model"),
       "resume with another optimizer": (train(copy("other_opt"), "--config.optimizer.name=sgd"),
@@ -117,7 +119,8 @@ def catalogue(tmp_path_factory, data_dir, finished):
 
 CASES = ["bad variant", "syntax error", "get_config raises", "mesh", "workdir is a file",
          "workdir below a file", "wrong type", "unknown evaluator argument", "unknown attention kernel",
-         "cudnn on the CPU", "out of memory", "resume with another model", "resume with another optimizer",
+         "cudnn on the CPU", "out of memory", "labels out of range", "resume with another model",
+         "resume with another optimizer",
          "locked workdir", "eval --step best without best_metric", "eval a step that was not saved",
          "eval without checkpoints", "sample from a classifier", "fewshot on a classifier",
          "sweep with bad seeds", "plot a missing run", "unknown dataset"]

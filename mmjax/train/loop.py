@@ -350,7 +350,11 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
   step_fn = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
                            run.mesh, config.optimizer.grad_accum_steps)
   check_state_memory(run.abstract_state, devices, config)
-  batch = None if start >= config.num_steps else run.global_batch(next(batches))
+  batch = None
+  if start < config.num_steps:
+    local = next(batches)
+    run.check_batch(local)  # labels in range for the model's outputs (the task's check), before compiling
+    batch = run.global_batch(local)
   throughput = Throughput(None, devices[0])
   if batch is not None:  # compiled against the abstract state: nothing is allocated before the check
     t = time.perf_counter()

@@ -92,6 +92,7 @@ class Run:
   init: Any  # () -> sharded TrainState
   checkpointer: Checkpointer
   _eval_step: Any = dataclasses.field(default=None, repr=False)
+  _checked_splits: set = dataclasses.field(default_factory=set, repr=False)
 
   @property
   def is_main(self) -> bool:
@@ -108,11 +109,15 @@ class Run:
     return make_global_batch(local_batch, self.batch_sharding)
 
   def eval_batches(self, split: str, batch_size: int | None = None) -> Iterator[dict]:
-    """Global batches holding every example of ``split`` once (padding rows have ``_valid = 0``)."""
+    """Global batches holding every example of ``split`` once (padding rows have ``_valid = 0``). The
+    first batch of each split is checked by the task (:meth:`check_batch`) the first time it is read."""
     size = batch_size or self.config.eval_batch_size
-    for local in pipeline.eval_batches(self.config.data, split, global_batch_size=size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    for i, local in enumerate(pipeline.eval_batches(self.config.data, split, global_batch_size=size,
+                                                    process_index=jax.process_index(),
+                                                    process_count=jax.process_count())):
+      if i == 0 and split not in self._checked_splits:
+        self.check_batch(local)
+        self._checked_splits.add(split)
       yield self.global_batch(local)
 
   @property
@@ -122,6 +127,19 @@ class Run:
       self._eval_step = jit_eval_step(self.model, self.task, self.state_shardings.params,
                                       self.batch_sharding, self.mesh)
     return self._eval_step
+
+  def check_batch(self, local_batch: dict) -> None:
+    """The task's checks of one (this process's, numpy) batch against the model's output shape: labels in
+    range, token ids inside the vocabulary (``task.check_batch``). Costs a trace of the model, no compute:
+    call it on the first batch of a split."""
+    if not hasattr(self.task, "check_batch"):
+      return
+    batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in local_batch.items()}
+    outputs, _ = jax.eval_shape(
+        lambda params, b: self.model.apply({"params": params}, b, train=False,
+                                           rngs={"latent": jax.random.PRNGKey(0)}),
+        self.abstract_state.params, batch)
+    self.task.check_batch(local_batch, tuple(outputs.shape))
 
   def restore(self, step=None) -> TrainState:
     """The checkpoint at ``step`` (a number, ``None``/``"latest"`` or ``"best"``); a
