@@ -49,6 +49,7 @@ for step in ${ONLY//,/ }; do
 done
 case $TOTAL in '' | *[!0-9]*) [ -z "$TOTAL" ] || { echo "run_device.sh: --budget-s takes whole seconds" >&2; exit 2; } ;; esac
 
+case $OUT in '' | /*) ;; *) OUT=$PWD/$OUT ;; esac  # relative to where it was called from
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 REPO=$PWD
 export PY=${PYTHON:-python3}
