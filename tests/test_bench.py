@@ -63,3 +63,73 @@ def test_mmjax_bench_attention_smoke_writes_to_the_default_dir(tmp_path, monkeyp
   assert doc["grid"] == "smoke" and MACHINE_KEYS <= set(doc["machine"])
   assert [(r["kernel"], r["mode"]) for r in doc["results"]] == [("xla", "fwd"), ("xla", "fwd+bwd")]
   assert all("median_s" in r for r in doc["results"])
+
+
+def test_full_grid_puts_bfloat16_and_the_models_shapes_first():
+  shapes = attention.grid(on_gpu=True, quick=False)
+  assert len(shapes) == 38 and len({json.dumps(s, sort_keys=True) for s in shapes}) == 38
+  assert [s["group"] for s in shapes[:4]] == ["cross:text<-audio", "cross:audio<-text", "cross:video<-text",
+                                              "cross:text<-video"]
+  dtypes = [s["dtype"] for s in shapes]
+  assert dtypes == sorted(dtypes, key=lambda d: d != "bfloat16")  # every bfloat16 shape before float32
+  self64 = [s["lq"] for s in shapes if s["group"] == "self" and s["d"] == 64 and s["dtype"] == "bfloat16"]
+  assert self64 == sorted(self64)
+
+
+def _fake_measure(calls, fail_at=None):
+  def measure(kernel, s, mode, reps, on_gpu, peak):
+    calls.append((kernel, mode))
+    if len(calls) == fail_at:
+      raise RuntimeError("killed")
+    return {"kernel": kernel, "mode": mode, "shape": s, "flops": 1.0, "median_s": 1.0, "tflops": 1e-12}
+  return measure
+
+
+def test_attention_json_is_written_after_every_record(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(attention, "measure", _fake_measure(calls, fail_at=3))
+  with pytest.raises(RuntimeError, match="killed"):
+    attention.run(["--smoke", "--kernels", "xla,jax", "--out", str(tmp_path)])
+  (path,) = tmp_path.glob("attention-*.json")
+  doc = json.loads(path.read_text())
+  assert [(r["kernel"], r["mode"]) for r in doc["results"]] == [("xla", "fwd"), ("jax", "fwd")]
+  assert doc["complete"] is False
+
+
+def test_attention_stops_at_its_time_budget(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(attention, "measure", _fake_measure(calls))
+  path = attention.run(["--smoke", "--kernels", "xla,jax", "--out", str(tmp_path), "--budget-s", "1e-9"])
+  doc = json.loads(path.read_text())
+  assert calls == [] and doc["results"] == [] and doc["not_reached"] == 4 and doc["complete"] is False
+  path = attention.run(["--smoke", "--kernels", "xla,jax", "--out", str(tmp_path), "--budget-s", "600"])
+  doc = json.loads(path.read_text())
+  assert len(doc["results"]) == 4 and doc["complete"] is True and "not_reached" not in doc
+
+
+def test_compute_dtype_from_an_override_string():
+  from mmjax.bench import train_step
+  from mmjax.config import ConfigError, get_config
+
+  for text, expected in (("bfloat16", "bfloat16"), ("bf16", "bfloat16"), ("FP32", "float32")):
+    config = get_config("configs/mfm_mosi.py", [f"model.kwargs.dtype={text}"])
+    assert train_step.compute_dtype(config) == expected and config.model.kwargs.dtype == expected
+  assert train_step.compute_dtype(get_config("configs/mfm_mosi.py")) == "float32"  # the model's default
+  with pytest.raises(ConfigError, match="not a dtype"):
+    train_step.compute_dtype(get_config("configs/mfm_mosi.py", ["model.kwargs.dtype=bf17"]))
+
+
+def test_utilization_over_the_dense_peak_of_the_compute_dtype():
+  from types import SimpleNamespace
+
+  from mmjax.bench.train_step import utilization
+
+  h200 = SimpleNamespace(device_kind="NVIDIA H200", platform="gpu")
+  u = utilization(98.9e12 * 0.5, 0.5, "bfloat16", h200)
+  assert u["tflops_per_device"] == pytest.approx(98.9) and u["mfu"] == pytest.approx(0.1)
+  assert utilization(6.7e12, 1.0, "float32", h200)["mfu"] == pytest.approx(0.1)
+  cpu = SimpleNamespace(device_kind="cpu", platform="cpu")
+  u = utilization(1e9, 1.0, "bfloat16", cpu)
+  assert u["tflops_per_device"] == pytest.approx(1e-3) and u["mfu"] is None
+  assert utilization(None, 1.0, "bfloat16", h200)["mfu"] is None  # no cost analysis
+  assert utilization(1e12, 1.0, "bfloat16", SimpleNamespace(device_kind="New", platform="gpu"))["mfu"] is None

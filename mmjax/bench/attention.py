@@ -1,13 +1,15 @@
 """Attention kernel benchmark: every mmjax kernel (and PyTorch SDPA as a peer) over a grid of shapes.
 
-``mmjax bench attention [--quick | --full | --smoke] [--out benchmarks/results] [--reps 10] [--kernels ...]``
-(or ``python benchmarks/attention.py ...``)
+``mmjax bench attention [--quick | --full | --smoke] [--out benchmarks/results] [--reps 10] [--kernels ...]
+[--budget-s SECONDS]`` (or ``python benchmarks/attention.py ...``)
 
 Per (kernel, shape, dtype, mode): median time after warm-up (compile excluded, ``block_until_ready``),
 TFLOP/s from the analytic count, the fraction of the device's peak (:mod:`mmjax.bench.machine`), and
 compile-time memory (temp + argument bytes; on GPU also ``peak_bytes_in_use``). Writes
-``attention-<device>-<date>.json`` and a PNG to ``--out`` (default ``benchmarks/results`` relative to the
-current working directory, created if missing).
+``attention-<device>-<date>.json`` to ``--out`` (default ``benchmarks/results`` relative to the current
+working directory, created if missing) after every record, atomically (``"complete": false`` until the
+grid is done), so a run cut off keeps what it measured; the PNG is written at the end. ``--budget-s``
+stops starting new measurements after that many seconds (the full grid is ordered most useful first).
 """
 
 from __future__ import annotations
@@ -56,7 +58,21 @@ def grid(on_gpu: bool, quick: bool, smoke: bool = False) -> list[dict]:
     for name, lq, lk in cross:
       shapes.append(dict(group="cross:" + name, b=8, h=8, lq=lq, lk=lk, d=64, causal=False, dtype=dt,
                          lengths=True))
+  if not quick:  # most useful first, so a run cut short (--budget-s, a timeout) keeps those
+    shapes.sort(key=_priority)
   return shapes
+
+
+def _priority(s: dict) -> tuple:
+  """Full-grid order: bfloat16 before float32; within a dtype the models' cross-modal shapes, then
+  self-attention D=64, causal, D=128; shorter sequences first."""
+  if s["group"].startswith("cross"):
+    group = 0
+  elif s["causal"]:
+    group = 2
+  else:
+    group = 1 if s["d"] == 64 else 3
+  return (s["dtype"] != "bfloat16", group, s["lq"] * s["lk"])
 
 
 def _time(fn, args, reps, warmup=2):
@@ -209,11 +225,17 @@ def run(argv=None, *, prog: str | None = None) -> Path:
                       "current working directory)")
   p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 10 GPU, 3 CPU)")
   p.add_argument("--kernels", default=None, help="comma-separated subset of kernels (+ 'torch')")
+  p.add_argument("--budget-s", type=float, default=None,
+                 help="start no new measurement after this many seconds; the rest is counted as not "
+                      "reached in the JSON (default: no limit)")
   args = p.parse_args(argv)
   if sum((args.quick, args.full, args.smoke)) > 1:
     p.error("choose at most one of --quick, --full, --smoke")
   if args.reps is not None and args.reps < 1:
     p.error("--reps must be at least 1")
+  if args.budget_s is not None and args.budget_s <= 0:
+    p.error("--budget-s must be positive")
+  start = time.perf_counter()
   device = jax.devices()[0]
   on_gpu = device.platform == "gpu"
   quick = args.quick or (not on_gpu and not args.full)
@@ -223,17 +245,8 @@ def run(argv=None, *, prog: str | None = None) -> Path:
     kernels = args.kernels.split(",")
   cpu = M.cpu_info()
   peak = M.device_peak(device, cpu)
-  results = []
-  for s in grid(on_gpu, quick, smoke=args.smoke):
-    for mode in ("fwd", "fwd+bwd"):
-      for kernel in kernels:
-        rec = measure(kernel, s, mode, reps, on_gpu, peak)
-        results.append(rec)
-        msg = (f"{rec['median_s'] * 1e3:9.2f} ms {rec['tflops']:7.3f} TFLOP/s" if "median_s" in rec
-               else "skipped: " + rec["skipped"])
-        print(f"{s['group']:18s} {s['lq']:>5}x{s['lk']:<5} D={s['d']:<3} {s['dtype']:8s} {mode:7s} "
-              f"{kernel:7s} {msg}", flush=True)
   json_path = M.result_path(args.out, "attention", device.device_kind if on_gpu else "cpu")
+  results = []
   doc = {"machine": M.machine(device, cpu), "peak_tflops": peak,
          "grid": "smoke" if args.smoke else "quick" if quick else "full",
          "reps": reps,
@@ -242,7 +255,28 @@ def run(argv=None, *, prog: str | None = None) -> Path:
          "memory": "compile-time memory_analysis temp+argument bytes (compile_peak_bytes)",
          "auto_policy": {"cpu_chunked_above_score_bytes": A.AUTO_CHUNKED_SCORE_BYTES,
                          "accel_chunked_above_score_bytes": A.AUTO_CHUNKED_SCORE_BYTES_ACCEL},
+         "budget_s": args.budget_s,
+         "complete": False,  # True once every record of the grid was measured (or skipped with a reason)
          "results": results}
+  todo = [(s, mode, kernel) for s in grid(on_gpu, quick, smoke=args.smoke) for mode in ("fwd", "fwd+bwd")
+          for kernel in kernels]
+  for i, (s, mode, kernel) in enumerate(todo):
+    if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+      doc["not_reached"] = len(todo) - i
+      print(f"time budget of {args.budget_s:.0f} s spent: {len(todo) - i} of {len(todo)} measurements "
+            "not reached", flush=True)
+      break
+    rec = measure(kernel, s, mode, reps, on_gpu, peak)
+    results.append(rec)
+    doc["elapsed_s"] = time.perf_counter() - start
+    write_json(json_path, doc)  # after every record: a run cut off keeps what it measured
+    msg = (f"{rec['median_s'] * 1e3:9.2f} ms {rec['tflops']:7.3f} TFLOP/s" if "median_s" in rec
+           else "skipped: " + rec["skipped"])
+    print(f"{s['group']:18s} {s['lq']:>5}x{s['lk']:<5} D={s['d']:<3} {s['dtype']:8s} {mode:7s} "
+          f"{kernel:7s} {msg}", flush=True)
+  else:
+    doc["complete"] = True
+  doc["elapsed_s"] = time.perf_counter() - start
   write_json(json_path, doc)
   if plot(results, json_path.with_suffix(".png"), f"{device.device_kind} - jax {jax.__version__}"):
     print("wrote", json_path.with_suffix(".png"))

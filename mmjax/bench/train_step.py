@@ -11,6 +11,8 @@ followed by ``jax.block_until_ready``; a second pass times the same number of st
 block at the end, so dispatch overlaps compute). Results are merged, keyed by the config string, into
 ``<out>/train_step-<device kind>-<YYYY-MM-DD>.json`` with the machine (:func:`mmjax.bench.machine.machine`);
 ``--out`` defaults to ``benchmarks/results`` relative to the current working directory (created if missing).
+Each result states its sizes (input shapes, ``model.kwargs``, compute dtype) and, beside FLOP/s,
+``tflops_per_device`` and ``mfu`` (over the device's dense peak for the compute dtype; None on the CPU).
 """
 
 from __future__ import annotations
@@ -38,6 +40,62 @@ def _cost(compiled) -> dict:
           "bytes_accessed": float(nbytes) if nbytes is not None and nbytes > 0 else None}
 
 
+# Spellings of a compute dtype accepted besides JAX's own names (``--config.model.kwargs.dtype=bf16``).
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
+                 "fp32": "float32", "f32": "float32", "float": "float32"}
+
+
+def compute_dtype(config) -> str | None:
+  """The model's compute dtype as a JAX name (``"bfloat16"``), or None for a model without a ``dtype``
+  field. A string set by an override is checked and rewritten in ``config`` to that canonical name, so the
+  model receives a name JAX parses (``bf16`` -> ``bfloat16``); an unknown name is a config error."""
+  import jax.numpy as jnp
+
+  from mmjax import models
+  from mmjax.errors import ConfigError
+
+  fields = models.fields(config.model.name)
+  if "dtype" not in fields:
+    return None
+  value = config.model.kwargs.get("dtype", fields["dtype"])
+  if isinstance(value, str):
+    name = DTYPE_ALIASES.get(value.strip().lower(), value.strip())
+    try:
+      canonical = jnp.dtype(name).name
+    except TypeError:
+      raise ConfigError(f"model.kwargs.dtype {value!r} is not a dtype; use bfloat16, float16 or float32 "
+                        "(e.g. --config.model.kwargs.dtype=bfloat16)") from None
+    if canonical != value:
+      config.model.kwargs.dtype = canonical
+    return canonical
+  return jnp.dtype(value).name
+
+
+def _jsonable(value):
+  """``value`` with tuples as lists and anything JSON cannot hold (a dtype class) as its string."""
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return getattr(value, "__name__", None) or str(value)
+
+
+def utilization(flops_per_device: float | None, step_s: float, dtype: str | None, device) -> dict:
+  """``tflops_per_device`` (achieved) and ``mfu``: that over the dense peak of ``device`` for ``dtype``
+  (:func:`mmjax.hardware.peak_tflops`; float16 counts as bfloat16). ``mfu`` is None on the CPU (its peak
+  is only an estimate) or where the peak or the FLOP count is unknown."""
+  from mmjax.hardware import peak_tflops
+
+  tflops = flops_per_device / step_s / 1e12 if flops_per_device else None
+  peak = peak_tflops(device.device_kind, device.platform)
+  key = "bfloat16" if dtype in ("bfloat16", "float16") else "float32"
+  dense = peak.get(key) if device.platform != "cpu" else None
+  return {"tflops_per_device": tflops, "peak_tflops_per_device": dense, "peak_dtype": key,
+          "peak_source": peak["source"], "mfu": tflops / dense if tflops and dense else None}
+
+
 def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> dict:
   """Compiles and times ``config``'s train step; returns the measurements (seconds, FLOPs)."""
   import jax
@@ -46,6 +104,7 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
   from mmjax.train.run import build_run, count_params, make_global_batch
   from mmjax.train.step import jit_train_step
 
+  dtype = compute_dtype(config)  # before the model is built: a dtype override becomes a name JAX parses
   with tempfile.TemporaryDirectory() as workdir:  # build_run opens a checkpoint directory; nothing is saved
     run = build_run(config, workdir)
     state = run.init()
@@ -57,6 +116,7 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
                                           seed=config.seed, process_index=jax.process_index(),
                                           process_count=jax.process_count()))
     batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
+    inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in batch.items()}
     step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
                           run.mesh, config.optimizer.grad_accum_steps)
 
@@ -94,6 +154,10 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
       "model": config.model.name,
       "num_params": num_params,
       "batch_size": config.batch_size,
+      "compute_dtype": dtype,
+      "input_shapes": inputs,  # the global batch the step ran on
+      "max_lengths": _jsonable(dict(config.data.max_lengths)),
+      "model_kwargs": _jsonable(config.model.kwargs.to_dict()),
       "mesh": dict(run.mesh.shape),
       "steps": steps,
       "warmup": warmup,
@@ -110,6 +174,8 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
       "flops_per_step": flops_total,
       "bytes_accessed_per_step_per_device": cost["bytes_accessed"],
       "achieved_flops_per_s": flops_total / median if flops_total else None,
+      **utilization(cost["flops"], median, dtype, jax.devices()[0]),
+      "flops_source": "XLA cost_analysis() of the compiled step, per device",
       "final_loss": loss,
       "excluded": "data loading and host-to-device transfer (one fixed pre-built global batch)",
       "inputs": "synthetic (random, full padded lengths)" if synthetic else "first training batch",
@@ -142,11 +208,12 @@ def main(argv=None, *, prog: str | None = None) -> int:
   key = " ".join([args.config, *(f"--config.{o}" for o in overrides if not o.startswith("data.data_dir="))]
                  + (["--synthetic"] if args.synthetic else []))
   path = M.write_result(args.out, "train_step", key, M.machine(), result)
-  flops = result["achieved_flops_per_s"]
+  flops, mfu = result["achieved_flops_per_s"], result["mfu"]
   print(f"{key}: compile {result['compile_s']:.1f} s, step {result['step_s_median'] * 1e3:.2f} ms median "
         f"({result['step_s_mean'] * 1e3:.2f} mean), {result['steps_per_s']:.1f} steps/s, "
         f"{result['examples_per_s']:.0f} examples/s, "
-        f"{'n/a' if flops is None else f'{flops / 1e9:.2f} GFLOP/s'} -> {path}")
+        f"{'n/a' if flops is None else f'{flops / 1e9:.2f} GFLOP/s'}, "
+        f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'} ({result['compute_dtype']}) -> {path}")
   return 0
 
 
