@@ -64,7 +64,8 @@ def reference(tmp_path_factory, data_dir):
   return workdir, final_metrics(workdir)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+# SIGKILL is tested during a checkpoint write and during the final evaluation (below).
+@pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
 def test_killed_run_resumes_to_the_same_final_metrics(sig, reference, data_dir, tmp_path):
   _, expected = reference
   proc = train(tmp_path, data_dir)

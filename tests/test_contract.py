@@ -46,14 +46,16 @@ def test_model_contract(name, data_dir):
 
     def loss_fn(params):
       outputs, aux = model.apply({"params": params}, batch, train=True, rngs=rngs)
-      return task.loss(outputs, aux, batch)[0]
+      return task.loss(outputs, aux, batch)[0], outputs
 
-    loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
-    outputs, _ = model.apply(variables, batch, train=False, rngs={"latent": key})
+    (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
     return variables["params"], loss, grads, outputs
 
   params, loss, grads, outputs = jax.device_get(contract(0))
-  assert np.shape(outputs)[0] == B
+  # Evaluation mode gives outputs of the same shape (checked abstractly: no second compile).
+  eval_outputs, _ = jax.eval_shape(lambda p: model.apply({"params": p}, batch, train=False,
+                                                         rngs={"latent": jax.random.PRNGKey(0)}), params)
+  assert np.shape(outputs)[0] == B and eval_outputs.shape == np.shape(outputs)
   assert np.isfinite(outputs).all() and np.isfinite(loss)
   leaves = jax.tree_util.tree_leaves(grads)
   assert all(np.isfinite(g).all() for g in leaves)

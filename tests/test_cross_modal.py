@@ -96,10 +96,14 @@ def test_coherence_and_grids_through_the_engine(tiny_config, image_classifier, t
   run, state = restore_run(tmp_path, config=cfg, devices=jax.devices()[:1])
   ev = evaluators.get("cross_modal")(run, **cfg.evaluators.coherence.kwargs.to_dict())
   clf = ev.classifiers["image"]
+  @jax.jit
+  def predict(params, clf_params, batch):
+    _, recon = run.model.apply({"params": params}, batch, ("audio",), method="predict_missing")
+    return jax.numpy.argmax(clf.logits(clf_params, recon["image"]), -1)
+
   hits = []
   for batch in pipeline.eval_batches(cfg.data, "validation", global_batch_size=64):
-    _, recon = run.model.apply({"params": state.params}, batch, ("audio",), method="predict_missing")
-    pred = np.argmax(clf.logits(clf.params, recon["image"]), -1)
+    pred = np.asarray(predict(state.params, clf.params, batch))
     hits += list((pred == batch["label"])[batch["_valid"] > 0])
   assert len(hits) == 179
   np.testing.assert_allclose(final["coherence"]["audio->image"], np.mean(hits), atol=1e-6)

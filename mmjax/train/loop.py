@@ -423,7 +423,7 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
   bar = tqdm(total=config.num_steps, initial=start, disable=not (config.progress and is_main) or stopped,
              desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
   pending, window_start, t0 = [], start, time.perf_counter()
-  step = start
+  step, last_results = start, (None, {})
   with Preemption(say) as preemption:
     while step < config.num_steps and not stopped:
       if batch is None:
@@ -450,6 +450,7 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
       due = evaluation.due(step) if step != config.num_steps else []
       if due:
         results = evaluation.evaluate(due, state, step, bar.write if is_main else None)
+        last_results = (step, results)
         state, best_metrics = evaluation.feed_back(state, results, step)
         stopped = evaluation.should_stop()
         t0 = time.perf_counter()
@@ -470,9 +471,16 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
         f"evaluations (best {best.value:.4f} at step {best.step})")
   final = {"step": final_step, "model": config.model.name, "num_params": count_params(state.params),
            "train": window}
-  results = evaluation.evaluate(list(evaluation.evaluators), state, final_step)
+  # Every evaluator at the final step; those that already ran at this step (an early stop) are not rerun.
+  done = last_results[1] if last_results[0] == final_step else {}
+  todo = [k for k in evaluation.evaluators if k not in done]
+  results = {**done, **evaluation.evaluate(todo, state, final_step)}
   final.update(results)
-  state, best_metrics = evaluation.feed_back(state, results, final_step)
+  if todo:
+    state, best_metrics = evaluation.feed_back(state, {k: results[k] for k in results if k not in done},
+                                               final_step)
+  else:
+    best_metrics = None
   run.checkpointer.save(final_step, state, metrics=best_metrics, force=True)
   run.checkpointer.wait()
   if evaluation.best is not None:
