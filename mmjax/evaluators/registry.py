@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mmjax.errors import ConfigError
+from mmjax.registry import Registry
 
-_EVALUATORS: dict[str, type] = {}
+_EVALUATORS = Registry("evaluator", ConfigError)
+register = _EVALUATORS.register
+names = _EVALUATORS.names
+get = _EVALUATORS.get
 
 
 @dataclasses.dataclass
@@ -22,33 +25,6 @@ class Result:
   metrics: dict[str, float]
   images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   files: list[Path] = dataclasses.field(default_factory=list)
-
-
-def register(name: str):
-  """Class decorator adding an evaluator under ``name``."""
-
-  def wrap(cls):
-    if name in _EVALUATORS and _EVALUATORS[name] is not cls:
-      raise ValueError(f"evaluator name {name!r} is already registered to {_EVALUATORS[name].__name__}")
-    _EVALUATORS[name] = cls
-    return cls
-
-  return wrap
-
-
-def names() -> list[str]:
-  """Sorted names of every registered evaluator."""
-  return sorted(_EVALUATORS)
-
-
-def get(name: str) -> type:
-  """The evaluator class registered as ``name``; a :class:`~mmjax.errors.ConfigError` listing the
-  registered names otherwise."""
-  if name not in _EVALUATORS:
-    near = difflib.get_close_matches(name, _EVALUATORS, n=3)
-    hint = f" Did you mean {', '.join(near)}?" if near else ""
-    raise ConfigError(f"unknown evaluator {name!r}.{hint} Registered evaluators: {', '.join(names())}.")
-  return _EVALUATORS[name]
 
 
 def specs(config) -> dict[str, dict[str, Any]]:

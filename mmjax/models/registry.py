@@ -13,8 +13,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-_MODELS: dict[str, type] = {}
-_LOADERS: dict[str, Callable[[Any, Any], Any]] = {}
+from mmjax.registry import Registry
 
 
 def _hint(name: str, known) -> str:
@@ -22,28 +21,15 @@ def _hint(name: str, known) -> str:
   return f" Did you mean {near}?" if near else ""
 
 
-def register(name: str) -> Callable[[type], type]:
-  """Class decorator adding a model under ``name``."""
-
-  def wrap(cls: type) -> type:
-    if name in _MODELS and _MODELS[name] is not cls:
-      raise ValueError(f"model name {name!r} is already registered to {_MODELS[name].__name__}")
-    _MODELS[name] = cls
-    return cls
-
-  return wrap
-
-
-def names() -> list[str]:
-  """Sorted names of every registered model."""
-  return sorted(_MODELS)
+_MODELS = Registry("model")
+_LOADERS = Registry("weight loader")
+register = _MODELS.register
+names = _MODELS.names
 
 
 def get(name: str) -> type:
-  """The model class registered as ``name``; a clear ``KeyError`` otherwise."""
-  if name not in _MODELS:
-    raise KeyError(f"unknown model {name!r}; registered models: {names()}.{_hint(name, _MODELS)}")
-  return _MODELS[name]
+  """The model class registered as ``name``; a ``KeyError`` naming the registered ones otherwise."""
+  return _MODELS.get(name)
 
 
 def fields(name: str) -> dict[str, Any]:
@@ -120,24 +106,14 @@ def register_loader(name: str) -> Callable[[Callable], Callable]:
   """Function decorator adding a loader of foreign weights under ``name`` (a ``config.init.format``):
   ``fn(path, model) -> params tree``, where ``model`` is the model being initialised (a loader may read
   its fields for shapes, or ignore it)."""
-
-  def wrap(fn: Callable) -> Callable:
-    if name in _LOADERS and _LOADERS[name] is not fn:
-      raise ValueError(f"loader name {name!r} is already registered to {_LOADERS[name].__qualname__}")
-    _LOADERS[name] = fn
-    return fn
-
-  return wrap
+  return _LOADERS.register(name)
 
 
 def loader_names() -> list[str]:
   """Sorted names of every registered weight loader."""
-  return sorted(_LOADERS)
+  return _LOADERS.names()
 
 
 def loader(name: str) -> Callable:
-  """The weight loader registered as ``name``; a clear ``KeyError`` listing the known ones otherwise."""
-  if name not in _LOADERS:
-    raise KeyError(f"unknown weight loader {name!r}; registered loaders: {loader_names()}."
-                   f"{_hint(name, _LOADERS)}")
-  return _LOADERS[name]
+  """The weight loader registered as ``name``; a ``KeyError`` listing the known ones otherwise."""
+  return _LOADERS.get(name)
