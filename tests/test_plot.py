@@ -10,6 +10,11 @@ from mmjax import plot
 from mmjax.plot import PlotError
 
 
+def unwrap(text):
+  """`text` with its line wrapping undone (messages are wrapped to the terminal)."""
+  return " ".join(text.split())
+
+
 def write_run(workdir, *, offset=0.0, steps=(2, 4, 6), tail="", confusion=None, extra=()):
   """A run directory as the engine writes it: train windows, a validation and a final test evaluation."""
   workdir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +172,7 @@ def test_plot_command(tmp_path, capsys):
   assert main(["plot", str(run), str(write_run(tmp_path / "other")), "--out", str(tmp_path / "o")]) == 0
   assert (tmp_path / "o" / "accuracy.png").exists()
   assert main(["plot", str(run), str(tmp_path / "other")]) == 2
-  assert "needs an output folder" in capsys.readouterr().err
+  assert "needs an output folder" in unwrap(capsys.readouterr().err)
   assert main(["plot", str(tmp_path / "missing")]) == 2
   err = capsys.readouterr().err
-  assert "does not exist" in err and "Traceback" not in err
+  assert "does not exist" in unwrap(err) and "Traceback" not in err

@@ -9,6 +9,11 @@ from mmjax import sweep
 from tests.conftest import ROOT
 
 
+def unwrap(text):
+  """`text` with its line wrapping undone (messages are wrapped to the terminal)."""
+  return " ".join(text.split())
+
+
 @pytest.fixture(scope="module")
 def script():
   path = ROOT / "scripts" / "make_readme_tables.py"
@@ -95,14 +100,15 @@ def test_missing_or_mislabelled_results_and_bad_markers_are_errors(script, setup
   (tmp_path / "results" / "toy" / "a-image" / "summary.json").unlink()
   assert script.main(args, TABLE) == 2
   err = capsys.readouterr().err
+  err = unwrap(err)
   assert "not committed" in err and "toy/a-image/summary.json" in err and "mmjax sweep --config" in err
   write_result(tmp_path / "results", "a-image", "configs/a.py:audio", [0.5])
   assert script.main(args, TABLE) == 2
-  assert "made with config 'configs/a.py:audio'" in capsys.readouterr().err
+  assert "made with config 'configs/a.py:audio'" in unwrap(capsys.readouterr().err)
   readme.write_text("<!-- table:other -->\nx\n<!-- /table:other -->\n")
-  assert script.main(args, TABLE) == 2 and "does not define" in capsys.readouterr().err
+  assert script.main(args, TABLE) == 2 and "does not define" in unwrap(capsys.readouterr().err)
   readme.write_text("<!-- table:demo -->\nx\n")
-  assert script.main(args, TABLE) == 2 and "no closing" in capsys.readouterr().err
+  assert script.main(args, TABLE) == 2 and "no closing" in unwrap(capsys.readouterr().err)
   assert readme.read_text() == "<!-- table:demo -->\nx\n"
 
 

@@ -10,6 +10,11 @@ from mmjax import sweep
 from mmjax.sweep import SweepError
 from tests.conftest import CONFIGS
 
+
+def unwrap(text):
+  """`text` with its line wrapping undone (messages are wrapped to the terminal)."""
+  return " ".join(text.split())
+
 SPEC = f"{CONFIGS / 'late_fusion_digits.py'}:runlocal"
 # Two steps, no evaluation or checkpoint before the end: the smallest real runs.
 FAST = ["num_steps=2", "log_every=1", "eval_every=0", "checkpoint_every=0", "async_checkpoints=false"]
@@ -125,9 +130,9 @@ def test_sweep_command_errors_exit_2(tmp_path, capsys):
   from mmjax.cli import main
 
   assert main(["sweep", "--config", SPEC, "--seeds", "a", "--workdir", str(tmp_path)]) == 2
-  assert "seeds must be integers" in capsys.readouterr().err
+  assert "seeds must be integers" in unwrap(capsys.readouterr().err)
   assert main(["sweep", "--config", SPEC, "--seeds", "0", "--workdir", str(tmp_path), "--config.nope=1"]) == 2
-  assert "unknown config key 'nope'" in capsys.readouterr().err
+  assert "unknown config key 'nope'" in unwrap(capsys.readouterr().err)
 
 
 def test_parse_seeds():
