@@ -46,3 +46,20 @@ def tiny_config(data_dir):
     return get_config(f"{CONFIGS / (name + '.py')}:{arg}", [f"data.data_dir={data_dir}", *overrides])
 
   return make
+
+
+# Files that take longest, heaviest first (measured with `--durations`; CPU compile time dominates). With
+# `--dist loadfile --no-loadscope-reorder` (pyproject's addopts) the workers take whole files in this order,
+# so the long ones start first and the short ones fill in at the end, instead of one long file running
+# alone on one worker while the other idles (xdist's default order is by number of tests per file).
+HEAVY_FIRST = (
+    "test_sharding.py", "test_cross_modal.py", "test_multiprocess.py", "test_frozen.py", "test_contract.py",
+    "test_cli.py", "test_engine.py", "test_train.py", "test_pretrained.py", "test_vae.py",
+    "test_bad_inputs.py", "test_models.py", "test_tasks.py", "test_evaluators.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """Runs the files of :data:`HEAVY_FIRST` first, in that order; the rest keep their order."""
+  rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order

@@ -80,11 +80,23 @@ def with_test_coherence(cfg):
   return cfg
 
 
-def test_coherence_and_grids_through_the_engine(tiny_config, image_classifier, tmp_path):
-  cfg = with_test_coherence(tiny_config("mfm_digits", overrides=NO_CKPT))
+@pytest.fixture(scope="module")
+def mfm_run(tmp_path_factory, data_dir, image_classifier):
+  """A tiny MFM trained through the engine with both coherence evaluators: ``(config, workdir, final)``."""
+  from mmjax.config import get_config
+
+  from .conftest import CONFIGS
+
+  workdir = tmp_path_factory.mktemp("mfm")
+  cfg = get_config(f"{CONFIGS / 'mfm_digits.py'}:runlocal", [f"data.data_dir={data_dir}", *NO_CKPT])
+  cfg = with_test_coherence(cfg)
   for override in coherence_overrides(image_classifier):
     apply_override(cfg, override)
-  final = train_and_evaluate(cfg, tmp_path, **QUIET)
+  return cfg, workdir, train_and_evaluate(cfg, workdir, **QUIET)
+
+
+def test_coherence_and_grids_through_the_engine(tiny_config, image_classifier, mfm_run):
+  cfg, tmp_path, final = mfm_run
   test = final["test_coherence"]
   for key in ("audio->image", "text->image", "classifier/image"):
     assert 0.0 <= test[key] <= 1.0, key
@@ -118,13 +130,12 @@ def test_coherence_and_grids_through_the_engine(tiny_config, image_classifier, t
   np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 2))
 
 
-def test_sample_command_writes_a_grid(tiny_config, tmp_path):
+def test_sample_command_writes_a_grid(mfm_run, tmp_path):
   from mmjax.cli import main
 
-  cfg = tiny_config("mvae_digits", overrides=NO_CKPT)
-  train_and_evaluate(cfg, tmp_path, **QUIET)
+  cfg, workdir, _ = mfm_run
   out = tmp_path / "speech_to_image.png"
-  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+  assert main(["sample", "--config", "configs/mfm_digits.py:runlocal", "--workdir", str(workdir),
                "--from", "audio", "--to", "image", "--per_class", "1", "--out", str(out),
                f"--config.data.data_dir={cfg.data.data_dir}"]) == 0
   png = np.asarray(Image.open(out))
@@ -132,9 +143,9 @@ def test_sample_command_writes_a_grid(tiny_config, tmp_path):
   lengths = cross_modal.grid_examples(cfg.data, "test", per_class=1)["audio_mask"].sum(1)
   assert png.shape == (2 + 40 + 2 + 32 + 2 + 32 + 2, 2 + sum(max(n, 32) + 2 for n in lengths))
   # Token modalities cannot be drawn; unknown modalities are named.
-  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+  assert main(["sample", "--config", "configs/mfm_digits.py:runlocal", "--workdir", str(workdir),
                "--from", "audio", "--to", "text", f"--config.data.data_dir={cfg.data.data_dir}"]) == 2
-  assert main(["sample", "--config", "configs/mvae_digits.py:runlocal", "--workdir", str(tmp_path),
+  assert main(["sample", "--config", "configs/mfm_digits.py:runlocal", "--workdir", str(workdir),
                "--from", "depth", "--to", "image", f"--config.data.data_dir={cfg.data.data_dir}"]) == 2
 
 
