@@ -61,16 +61,18 @@ def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int,
                prng_impl: str = "threefry") -> TrainState:
   """Fresh state: parameters from ``model.init`` on an example batch, optimizer state, base PRNG key (the
   raw data of a ``prng_impl`` key, :mod:`mmjax.train.state`), and the EMA and plateau states when the
-  optimizer has them. With threefry the keys are those of ``jax.random.PRNGKey(seed)``."""
-  root = make_key(seed, prng_impl)
+  optimizer has them. The parameters are drawn with threefry whatever ``prng_impl`` is (a one-off cost),
+  so runs that differ only in ``prng_impl`` start from the same parameters; with threefry every key is
+  that of ``jax.random.PRNGKey(seed)``, as before ``prng_impl`` existed."""
+  init_root = make_key(seed, "threefry")
   variables = model.init(
-      {"params": jax.random.fold_in(root, 0), "dropout": jax.random.fold_in(root, 1)},
+      {"params": jax.random.fold_in(init_root, 0), "dropout": jax.random.fold_in(init_root, 1)},
       example_batch, train=False,
   )
   params = variables["params"]
   ema = params if optimizer.ema_decay > 0 else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.tx.init(params),
-                    rng=jax.random.key_data(jax.random.fold_in(root, 2)), ema_params=ema,
+                    rng=jax.random.key_data(jax.random.fold_in(make_key(seed, prng_impl), 2)), ema_params=ema,
                     plateau=optimizer.plateau_init())
 
 
