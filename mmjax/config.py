@@ -29,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Every engine field with its default: the schema that experiment configs fill in."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.prng_impl = "threefry"  # or "rbg", "unsafe_rbg": the training keys' PRNG (mmjax.train.state.PRNG_IMPLS)
+  c.prng_impl = "rbg"  # or "threefry", "unsafe_rbg": the training keys' PRNG (mmjax.train.state.PRNG_IMPLS)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # a name in mmjax.models.names()
@@ -176,7 +176,7 @@ def _check_names(c) -> None:
     if value not in known:
       raise ConfigError(f"{what} {value!r} is not known.{_suggest(value, known)} Valid names: "
                         f"{', '.join(known)}.")
-  reserved = ("step", "model", "num_params", "train", "best", "stopped_early")  # keys of metrics.json
+  reserved = ("step", "model", "num_params", "train", "best", "stopped_early", "flops")  # metrics.json keys
   for key, spec in c.evaluators.items():
     if key in reserved or key.endswith("_ema") or "/" in key:
       raise ConfigError(f"evaluators.{key}: the key may not be one of {reserved}, end in _ema or hold '/'; "

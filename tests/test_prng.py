@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, default_config
 from mmjax.data import pipeline
 from mmjax.train import CheckpointError
-from mmjax.train.run import build_run
-from mmjax.train.state import PRNG_IMPLS
+from mmjax.train.run import build_run, init_state
+from mmjax.train.state import DEFAULT_PRNG_IMPL, PRNG_IMPLS
 from mmjax.train.step import jit_train_step
 
 STEPS = 4  # updates in all; the interrupted run checkpoints after 2
@@ -35,6 +35,9 @@ def test_each_prng_impl_is_deterministic_and_resumes_bit_exactly(impl, tiny_conf
   step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding, run.mesh,
                         prng_impl=impl)
   batch = run.global_batch(pipeline.example_from_features(config.data, config.batch_size, seed=0))
+  start = jax.device_get(init())
+  threefry = init_state(run.model, run.optimizer, jax.device_get(batch), config.seed, "threefry")
+  _same(start.params, threefry.params)  # parameters are drawn with threefry whatever prng_impl is
   first = _steps(step, init(), batch, STEPS)
   assert first.rng.shape == ((2,) if impl == "threefry" else (4,))
   _same(first, _steps(step, init(), batch, STEPS))  # the same seed gives the same run
@@ -55,6 +58,10 @@ def test_each_prng_impl_is_deterministic_and_resumes_bit_exactly(impl, tiny_conf
   with pytest.raises(CheckpointError, match=f"holds a {impl} PRNG key.*--config.prng_impl={impl}"):
     run.restore()
   run.close()
+
+
+def test_the_config_default_is_the_engine_default():
+  assert default_config().prng_impl == DEFAULT_PRNG_IMPL
 
 
 def test_unknown_prng_impl_lists_the_valid_names(tiny_config):

@@ -25,6 +25,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from mmjax import pytree
 from mmjax.errors import UserError
+from mmjax.train.state import DEFAULT_PRNG_IMPL
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -66,7 +67,7 @@ class Checkpointer:
 
   def __init__(self, directory, *, save_every: int, keep: int, identity: dict[str, Any],
                async_save: bool = True, best_metric: str = "", best_mode: str = "max",
-               read_only: bool = False, prng_impl: str = "threefry"):
+               read_only: bool = False, prng_impl: str = DEFAULT_PRNG_IMPL):
     self.directory = Path(directory).absolute()
     self.identity = json.loads(json.dumps(identity))  # normalise tuples to lists
     self.prng_impl = prng_impl

@@ -36,7 +36,7 @@ from mmjax.train import mesh as mesh_lib
 from mmjax.train import pretrained
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
 from mmjax.train.optim import Optimizer, make_optimizer
-from mmjax.train.state import TrainState, make_key
+from mmjax.train.state import DEFAULT_PRNG_IMPL, TrainState, make_key
 from mmjax.train.step import jit_eval_step
 
 
@@ -58,7 +58,7 @@ def make_global_batch(local_batch: dict, sharding) -> dict:
 
 
 def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int,
-               prng_impl: str = "threefry") -> TrainState:
+               prng_impl: str = DEFAULT_PRNG_IMPL) -> TrainState:
   """Fresh state: parameters from ``model.init`` on an example batch, optimizer state, base PRNG key (the
   raw data of a ``prng_impl`` key, :mod:`mmjax.train.state`), and the EMA and plateau states when the
   optimizer has them. The parameters are drawn with threefry whatever ``prng_impl`` is (a one-off cost),

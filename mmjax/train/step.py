@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax.train.mesh import BATCH_AXES, replicated
 from mmjax.train.optim import Optimizer
-from mmjax.train.state import TrainState, wrap_key
+from mmjax.train.state import DEFAULT_PRNG_IMPL, TrainState, wrap_key
 
 
 def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
@@ -29,7 +29,7 @@ def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, task, accum_steps: int = 1,
-               mesh=None, prng_impl: str = "threefry"):
+               mesh=None, prng_impl: str = DEFAULT_PRNG_IMPL):
   """One optimizer update. Returns the new state and scalar metrics (loss, task metrics, the learning
   rate, gradient/parameter/update norms).
 
@@ -96,7 +96,7 @@ def eval_step(params, batch: dict, *, model, task):
 
 
 def jit_train_step(model, optimizer, task, state_shardings, batch_shardings, mesh, accum_steps: int = 1,
-                   prng_impl: str = "threefry"):
+                   prng_impl: str = DEFAULT_PRNG_IMPL):
   """``train_step`` jitted with explicit in/out shardings and the state donated."""
   return jax.jit(
       functools.partial(train_step, model=model, optimizer=optimizer, task=task, accum_steps=accum_steps,
