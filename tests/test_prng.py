@@ -7,7 +7,7 @@ import pytest
 from mmjax.config import ConfigError, default_config
 from mmjax.data import pipeline
 from mmjax.train import CheckpointError
-from mmjax.train.run import build_run, init_state
+from mmjax.train.run import build_run, init_state, restore_run
 from mmjax.train.state import DEFAULT_PRNG_IMPL, PRNG_IMPLS
 from mmjax.train.step import jit_train_step
 
@@ -58,6 +58,10 @@ def test_each_prng_impl_is_deterministic_and_resumes_bit_exactly(impl, tiny_conf
   with pytest.raises(CheckpointError, match=f"holds a {impl} PRNG key.*--config.prng_impl={impl}"):
     run.restore()
   run.close()
+  # Evaluation (restore_run) takes the implementation from the run's own config.json, whatever it is given.
+  (tmp_path / "b" / "config.json").write_text(config.to_json_best_effort())
+  _, restored = restore_run(tmp_path / "b", config=other, devices=devices)
+  _same(jax.device_get(restored), state)
 
 
 def test_the_config_default_is_the_engine_default():

@@ -260,10 +260,14 @@ def restore_run(workdir, step=None, *, config=None, devices=None) -> tuple[Run, 
   run in ``workdir``, built from ``config`` (default: the run's own ``config.json``) on ``devices``
   (default: all). Reads only: the run's checkpoints are opened read-only and its own pretrained source is
   not loaded (the checkpoint holds the trained parameters). The run's checkpointer is closed; the
-  :class:`Run` stays usable for evaluation."""
-  config = read_config(workdir) if config is None else config
+  :class:`Run` stays usable for evaluation. The PRNG key is restored with the run's own ``prng_impl``
+  (from its ``config.json``) whatever ``config`` says: evaluation draws no training keys."""
+  own = read_config(workdir) if config is None or (Path(workdir) / "config.json").is_file() else None
+  config = own if config is None else config
   config = ml_collections.ConfigDict(config.to_dict())
   config.init.format = config.init.path = ""  # a pretrained source is not needed to restore
+  if own is not None:
+    config.prng_impl = own.prng_impl
   run = build_run(config, workdir, devices, read_only=True)
   if not run.checkpointer.directory.is_dir():
     raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}; train first (mmjax train ...)")
