@@ -24,7 +24,8 @@ the inserted zeros too, 4x for stride 2).
 Where XLA's number is smaller: its cost analysis counts the body of a loop once, not times the trip count.
 MulT runs its layers under ``nn.scan`` (a ``while`` loop), so XLA reports one cross-modal layer of each
 stack and one of the three memory layers: for MulT the analytic count is about 2x XLA's at 2 layers and
-grows with ``num_layers`` (at the original unaligned-MOSEI shapes, 5 layers: see benchmarks/README.md).
+grows with ``num_layers`` (at the original unaligned-MOSEI shapes, 5 layers: 118.5 GFLOP analytic,
+32.1 reported by XLA; benchmarks/README.md).
 Counting the scanned stacks once, the analytic count is 0.82-0.87x XLA's, like the other models. The
 matmul terms themselves are checked exactly against the ``dot_general`` / convolution equations of the
 train step's jaxpr, scan lengths multiplied (``tests/test_flops.py``).
