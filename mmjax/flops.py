@@ -176,7 +176,8 @@ def _mult(model, shapes, tally: Tally) -> None:
     b, t = x.shape[:2]
     features = model.text_embed_dim if _is_tokens(x) else x.shape[-1]
     lengths[letter] = t - k + 1
-    tally.add(2.0 * b * lengths[letter] * k * features * d, reads_batch=True)  # the temporal convolution
+    # the temporal convolution; its input gradient is needed only after a (learned) token embedding
+    tally.add(2.0 * b * lengths[letter] * k * features * d, reads_batch=not _is_tokens(x))
   targets = model.target_letters()
   for t in targets:
     for s in "lav":

@@ -34,9 +34,11 @@ CASES = {
                      {"image": _x(B, 8, 8), "audio": _x(B, 80, 13), "text": _x(B, 20, dtype=jnp.int32),
                       "label": _x(B, dtype=jnp.int32)}, "classification", (0.9, 1.0)),
     # XLA counts the body of MulT's scan over layers once (2 cross-modal layers, 3 memory layers here).
-    "mult": ({"width": 40, "num_layers": 2, "num_heads": 4, "kernel_sizes": (1, 3, 3)},
-             {"text": _x(B, 20, 300), "audio": _x(B, 50, 74), "vision": _x(B, 50, 35), "label": _x(B)},
-             "regression", (2.0, 2.5)),
+    # Text as token ids (a learned embedding, as on digits_av); audio and vision as features.
+    "mult": ({"width": 40, "num_layers": 2, "num_heads": 4, "kernel_sizes": (1, 3, 3), "text_vocab_size": 32,
+              "text_embed_dim": 64},
+             {"text": _x(B, 20, dtype=jnp.int32), "audio": _x(B, 50, 74), "vision": _x(B, 50, 35),
+              "label": _x(B)}, "regression", (2.0, 2.5)),
     "causal_lm": ({"lm": LM, "text_key": "tokens"}, {"tokens": _x(B, 32, dtype=jnp.int32)}, "next_token",
                   (0.9, 1.0)),
     "frozen": ({"lm": LM, "vision_widths": (16, 32)},
