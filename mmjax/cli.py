@@ -29,6 +29,7 @@ BENCHMARKS = {
     "attention": "every attention kernel (and PyTorch SDPA) over a grid of shapes",
     "train_step": "compile and step time of one config's jitted train step",
     "decode": "GPT-2 greedy decoding tokens/s, with the KV cache vs. recomputing the sequence",
+    "prng": "train-step time with each PRNG implementation (config.prng_impl), interleaved",
 }
 
 EXAMPLES = {

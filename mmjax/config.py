@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   """Every engine field with its default: the schema that experiment configs fill in."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.prng_impl = "rbg"  # or "threefry", "unsafe_rbg": the training keys' PRNG (mmjax.train.state.PRNG_IMPLS)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # a name in mmjax.models.names()
@@ -163,17 +164,19 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _check_names(c) -> None:
-  """Names that must be one of a known set: task, optimizer, schedule, evaluators."""
+  """Names that must be one of a known set: task, optimizer, schedule, PRNG, evaluators."""
   from mmjax import evaluators, tasks
   from mmjax.train.optim import OPTIMIZERS, SCHEDULES
+  from mmjax.train.state import PRNG_IMPLS
 
   for what, value, known in (("task.name", c.task.name, tasks.names()),
+                             ("prng_impl", c.prng_impl, tuple(PRNG_IMPLS)),
                              ("optimizer.name", c.optimizer.name, OPTIMIZERS),
                              ("optimizer.schedule", c.optimizer.schedule, SCHEDULES)):
     if value not in known:
       raise ConfigError(f"{what} {value!r} is not known.{_suggest(value, known)} Valid names: "
                         f"{', '.join(known)}.")
-  reserved = ("step", "model", "num_params", "train", "best", "stopped_early")  # keys of metrics.json
+  reserved = ("step", "model", "num_params", "train", "best", "stopped_early", "flops")  # metrics.json keys
   for key, spec in c.evaluators.items():
     if key in reserved or key.endswith("_ema") or "/" in key:
       raise ConfigError(f"evaluators.{key}: the key may not be one of {reserved}, end in _ema or hold '/'; "

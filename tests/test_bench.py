@@ -32,7 +32,7 @@ def test_peak_table():
 
 
 @pytest.mark.parametrize("argv", [["bench", "--help"], ["bench", "attention", "--help"],
-                                  ["bench", "train_step", "--help"]])
+                                  ["bench", "train_step", "--help"], ["bench", "prng", "--help"]])
 def test_bench_help_exits_0(argv, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(argv)
@@ -133,3 +133,16 @@ def test_utilization_over_the_dense_peak_of_the_compute_dtype():
   assert u["tflops_per_device"] == pytest.approx(1e-3) and u["mfu"] is None
   assert utilization(None, 1.0, "bfloat16", h200)["mfu"] is None  # no cost analysis
   assert utilization(1e12, 1.0, "bfloat16", SimpleNamespace(device_kind="New", platform="gpu"))["mfu"] is None
+
+
+@pytest.mark.slow
+def test_bench_prng_smoke_writes_every_implementation(tmp_path, data_dir):
+  from tests.conftest import CONFIGS
+
+  config = f"{CONFIGS / 'late_fusion_digits.py'}:runlocal"
+  assert cli.main(["bench", "prng", "--config", config, "--synthetic", "--rounds", "1", "--impls",
+                   "threefry,rbg", "--out", str(tmp_path), f"--config.data.data_dir={data_dir}"]) == 0
+  (path,) = tmp_path.glob("prng-*.json")
+  (result,) = json.loads(path.read_text())["results"].values()
+  assert set(result["impls"]) == {"threefry", "rbg"}
+  assert result["impls"]["threefry"]["speedup_vs_threefry_cpu"] == 1.0

@@ -39,6 +39,9 @@ def test_run_writes_metrics_logs_and_checkpoints(finished_run):
   config, workdir, metrics = finished_run
   assert metrics["step"] == 6 and metrics["validation"]["count"] == 179 and metrics["test"]["count"] == 359
   assert np.isfinite(metrics["train"]["loss"])
+  flops = metrics["flops"]  # the step's FLOPs: XLA's and the model's analytic count (mmjax.flops)
+  assert flops["xla_train_step"] > 0 and flops["analytic_train_step"] > 0
+  assert flops["analytic_over_xla"] == pytest.approx(flops["analytic_train_step"] / flops["xla_train_step"])
   assert (workdir / "metrics.json").exists() and (workdir / "config.json").exists()
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   assert sum('"split": "train"' in line for line in lines) == 3  # log_every 2

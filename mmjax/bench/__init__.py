@@ -3,7 +3,8 @@
 * :mod:`mmjax.bench.machine`: the description of the machine a result was measured on (devices, library
   versions, CPU, ``XLA_FLAGS``, load average) and the peak FLOP/s table by device kind.
 * :mod:`mmjax.bench.attention`: every attention kernel (and PyTorch SDPA as a peer) over a grid of shapes.
-* :mod:`mmjax.bench.train_step`: one config's jitted, sharded train step.
+* :mod:`mmjax.bench.train_step`: one config's jitted, sharded train step (XLA's and the analytic FLOPs).
+* :mod:`mmjax.bench.prng`: that step with each PRNG implementation (``config.prng_impl``), interleaved.
 
 Each benchmark module has ``main(argv=None) -> int``; ``benchmarks/attention.py`` and
 ``benchmarks/train_step.py`` in the repository are thin wrappers around them. Results go to

@@ -100,6 +100,7 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
   """Compiles and times ``config``'s train step; returns the measurements (seconds, FLOPs)."""
   import jax
 
+  from mmjax import flops
   from mmjax.data import pipeline
   from mmjax.train.run import build_run, count_params, make_global_batch
   from mmjax.train.step import jit_train_step
@@ -118,7 +119,7 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
     batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in batch.items()}
     step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
-                          run.mesh, config.optimizer.grad_accum_steps)
+                          run.mesh, config.optimizer.grad_accum_steps, config.prng_impl)
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -150,6 +151,8 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
   cost = _cost(compiled)
   # On a multi-device mesh XLA's cost analysis describes one device's (SPMD-partitioned) program.
   flops_total = cost["flops"] * jax.device_count() if cost["flops"] else None
+  analytic = flops.train_step_flops(config.model.name, run.model, batch)
+  analytic = analytic and analytic["train_step"]
   return {
       "model": config.model.name,
       "num_params": num_params,
@@ -176,6 +179,9 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
       "achieved_flops_per_s": flops_total / median if flops_total else None,
       **utilization(cost["flops"], median, dtype, jax.devices()[0]),
       "flops_source": "XLA cost_analysis() of the compiled step, per device",
+      "analytic_flops_per_step": analytic,  # mmjax.flops: matmuls only, all devices; None without a counter
+      "analytic_over_xla": analytic / flops_total if analytic and flops_total else None,
+      "analytic_flops_per_s": analytic / median if analytic else None,
       "final_loss": loss,
       "excluded": "data loading and host-to-device transfer (one fixed pre-built global batch)",
       "inputs": "synthetic (random, full padded lengths)" if synthetic else "first training batch",
@@ -208,12 +214,13 @@ def main(argv=None, *, prog: str | None = None) -> int:
   key = " ".join([args.config, *(f"--config.{o}" for o in overrides if not o.startswith("data.data_dir="))]
                  + (["--synthetic"] if args.synthetic else []))
   path = M.write_result(args.out, "train_step", key, M.machine(), result)
-  flops, mfu = result["achieved_flops_per_s"], result["mfu"]
+  flops, mfu, ratio = result["achieved_flops_per_s"], result["mfu"], result["analytic_over_xla"]
   print(f"{key}: compile {result['compile_s']:.1f} s, step {result['step_s_median'] * 1e3:.2f} ms median "
         f"({result['step_s_mean'] * 1e3:.2f} mean), {result['steps_per_s']:.1f} steps/s, "
         f"{result['examples_per_s']:.0f} examples/s, "
         f"{'n/a' if flops is None else f'{flops / 1e9:.2f} GFLOP/s'}, "
-        f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'} ({result['compute_dtype']}) -> {path}")
+        f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'} ({result['compute_dtype']}), analytic FLOPs "
+        f"{'not available' if ratio is None else f'{ratio:.2f}x XLA'} -> {path}")
   return 0
 
 

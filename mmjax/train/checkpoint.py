@@ -2,9 +2,10 @@
 into a sharded abstract state.
 
 Each checkpoint holds two items: ``state`` (the :class:`~mmjax.train.state.TrainState`) and ``meta`` (JSON
-naming the model and its fields). Restoring checks ``meta`` and every array shape against what the run
-expects, so a checkpoint of another model, or a corrupt one, is reported in plain words instead of failing
-deep inside orbax or XLA.
+naming the model, its fields and the ``prng_impl`` of the state's key; checkpoints without it hold a
+threefry key). Restoring checks ``meta`` and every array shape against what the run expects, so a
+checkpoint of another model, or a corrupt one, is reported in plain words instead of failing deep inside
+orbax or XLA.
 
 The best checkpoint: checkpoints saved with ``metrics`` (at evaluations) are ranked by ``best_metric`` with
 orbax's own ``best_fn``/``best_mode``, and orbax's preservation policy keeps the newest ``keep`` checkpoints
@@ -24,6 +25,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from mmjax import pytree
 from mmjax.errors import UserError
+from mmjax.train.state import DEFAULT_PRNG_IMPL
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -59,13 +61,16 @@ class Checkpointer:
       "" keeps no best checkpoint.
     best_mode: ``"max"`` or ``"min"``: which end of ``best_metric`` is best.
     read_only: open an existing directory without creating or deleting anything (evaluation commands).
+    prng_impl: the implementation of the state's PRNG key (``config.prng_impl``), stored in ``meta`` and
+      compared on restore: the key's data differ between implementations.
   """
 
   def __init__(self, directory, *, save_every: int, keep: int, identity: dict[str, Any],
                async_save: bool = True, best_metric: str = "", best_mode: str = "max",
-               read_only: bool = False):
+               read_only: bool = False, prng_impl: str = DEFAULT_PRNG_IMPL):
     self.directory = Path(directory).absolute()
     self.identity = json.loads(json.dumps(identity))  # normalise tuples to lists
+    self.prng_impl = prng_impl
     self.save_every = save_every
     self.best_metric = best_metric
     policies = [preservation.LatestN(n=keep)]
@@ -147,7 +152,8 @@ class Checkpointer:
       metrics = {**metrics, "step": int(step)}
     return self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.identity)),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                meta=ocp.args.JsonSave({**self.identity, "prng_impl": self.prng_impl})),
         metrics=metrics, force=True,
     )
 
@@ -172,11 +178,18 @@ class Checkpointer:
           "incomplete or not an mmjax checkpoint: delete it to resume from an earlier one, or use a new "
           "--workdir."
       ) from e
+    meta = dict(meta)
+    prng_impl = meta.pop("prng_impl", "threefry")
     if meta != self.identity:
       raise CheckpointError(
           f"checkpoint {where} was written by a different model.\n  checkpoint: {meta}\n  this run:   "
           f"{self.identity}\nUse a new --workdir for a new model, or the config that wrote the checkpoint."
       )
+    if prng_impl != self.prng_impl:
+      raise CheckpointError(
+          f"checkpoint {where} holds a {prng_impl} PRNG key, but this run uses prng_impl "
+          f"{self.prng_impl!r}. Resume with --config.prng_impl={prng_impl} (the run's randomness continues "
+          "only with the implementation it started with), or use a new --workdir.")
     self._check_shapes(step, abstract_state, where)
     try:
       restored = self._manager.restore(

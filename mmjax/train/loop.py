@@ -7,7 +7,9 @@ through its registry); this module knows no model and no evaluator.
 
 Before the first step the loop compiles the train step ahead of time and prints, one line each, the
 parameter count, the device and mesh, the compiled step's FLOPs (XLA's cost analysis) and its memory per
-device (arguments, temporaries, output), so a config that does not fit shows it before training starts.
+device (arguments, temporaries, output), so a config that does not fit shows it before training starts;
+then the model's analytic FLOPs (:mod:`mmjax.flops`) and their ratio to XLA's, also kept in
+``metrics.json`` under ``"flops"``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmjax import evaluators as evaluator_registry
+from mmjax import flops as flops_lib
 from mmjax.data import pipeline
 from mmjax.errors import UserError
 from mmjax.files import read_json, write_json, write_text
@@ -348,7 +351,7 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
       f"{config.data.name}, mesh {dict(run.mesh.shape)}, {jax.process_count()} process(es), "
       f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})")
   step_fn = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
-                           run.mesh, config.optimizer.grad_accum_steps)
+                           run.mesh, config.optimizer.grad_accum_steps, config.prng_impl)
   check_state_memory(run.abstract_state, devices, config)
   batch = None
   if start < config.num_steps:
@@ -356,6 +359,7 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
     run.check_batch(local)  # labels in range for the model's outputs (the task's check), before compiling
     batch = run.global_batch(local)
   throughput = Throughput(None, devices[0])
+  flops_info = {}
   if batch is not None:  # compiled against the abstract state: nothing is allocated before the check
     t = time.perf_counter()
     step_fn = step_fn.lower(run.abstract_state, batch).compile()
@@ -367,7 +371,10 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
     say(f"mmjax: train step compiled in {time.perf_counter() - t:.1f} s: {flops} (XLA cost analysis); "
         f"{memory}")
     check_memory(stats, devices, config)
-    throughput = Throughput(stats["flops"], devices[0])
+    flops_info = step_flops(config.model.name, run.model, batch, stats["flops"], len(devices))
+    say(f"mmjax: {flops_lib.describe(flops_info['analytic'], flops_info['xla_train_step'])}")
+    analytic = flops_info["analytic_train_step"]
+    throughput = Throughput(stats["flops"], devices[0], analytic / len(devices) if analytic else None)
   state = run.restore_or_init()
   evaluation.resume(start)
   # Every check has passed: from here on the workdir is written.
@@ -380,28 +387,49 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
   say(f"mmjax: resuming from checkpoint at step {start}" if start else "mmjax: starting from scratch")
   try:
     return _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say,
-                 throughput)
+                 throughput, flops_info)
   finally:
     writer.close()
+
+
+def step_flops(model_name: str, model, batch: dict, xla_per_device: float | None, num_devices: int) -> dict:
+  """FLOPs of one train step on the global ``batch``, all devices together: ``xla_train_step`` (XLA's cost
+  analysis of the per-device program times the devices), ``analytic_train_step`` and ``analytic_forward``
+  (:mod:`mmjax.flops`; None without a counter for the model) and ``analytic_over_xla``; ``analytic`` holds
+  the counter's own dict."""
+  analytic = flops_lib.train_step_flops(model_name, model, batch)
+  xla = xla_per_device * num_devices if xla_per_device else None
+  ratio = analytic["train_step"] / xla if analytic and xla else None
+  return {"xla_train_step": xla, "analytic_train_step": analytic and analytic["train_step"],
+          "analytic_forward": analytic and analytic["forward"], "analytic_over_xla": ratio,
+          "analytic": analytic}
 
 
 class Throughput:
   """FLOP/s per device and MFU (the fraction of the device's dense peak) from the compiled step's FLOPs
   (XLA's cost analysis of the partitioned program: FLOPs per device per step) and the measured steps/s.
   MFU is reported on accelerators with a known peak (:data:`mmjax.hardware.PEAKS`, at the float32 peak
-  until the compute dtype is configurable); on CPU only TFLOP/s, whose peak is an estimate."""
+  until the compute dtype is configurable); on CPU only TFLOP/s, whose peak is an estimate. With the
+  model's analytic FLOPs per device (:mod:`mmjax.flops`) also ``analytic_tflops_per_device`` (and
+  ``analytic_mfu``): XLA counts a scanned loop body once, so for models that scan over layers (MulT) only
+  the analytic rate is the whole step's."""
 
-  def __init__(self, flops_per_step: float | None, device):
+  def __init__(self, flops_per_step: float | None, device, analytic_per_step: float | None = None):
     self.flops = flops_per_step
+    self.analytic = analytic_per_step
     self.peak = None
-    if flops_per_step and device.platform != "cpu":
+    if (flops_per_step or analytic_per_step) and device.platform != "cpu":
       self.peak = peak_tflops(device.device_kind, device.platform)["float32"]
 
   def __call__(self, steps_per_s: float) -> dict:
-    if not self.flops:
-      return {}
-    tflops = self.flops * steps_per_s / 1e12
-    return {"tflops_per_device": tflops, **({"mfu": tflops / self.peak} if self.peak else {})}
+    out = {}
+    for prefix, flops in (("", self.flops), ("analytic_", self.analytic)):
+      if flops:
+        tflops = flops * steps_per_s / 1e12
+        out[f"{prefix}tflops_per_device"] = tflops
+        if self.peak:
+          out[f"{prefix}mfu"] = tflops / self.peak
+    return out
 
 
 class _NullWriter:
@@ -414,7 +442,7 @@ class _NullWriter:
 
 
 def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluation, writer, say,
-          throughput) -> dict:
+          throughput, flops_info) -> dict:
   is_main = run.is_main
   window = {}
   if start >= config.num_steps:  # a finished run, evaluated again
@@ -471,6 +499,8 @@ def _loop(run, config, workdir, state, start, batch, batches, step_fn, evaluatio
         f"evaluations (best {best.value:.4f} at step {best.step})")
   final = {"step": final_step, "model": config.model.name, "num_params": count_params(state.params),
            "train": window}
+  if flops_info:
+    final["flops"] = {k: v for k, v in flops_info.items() if k != "analytic"}
   # Every evaluator at the final step; those that already ran at this step (an early stop) are not rerun.
   done = last_results[1] if last_results[0] == final_step else {}
   todo = [k for k in evaluation.evaluators if k not in done]

@@ -36,7 +36,7 @@ from mmjax.train import mesh as mesh_lib
 from mmjax.train import pretrained
 from mmjax.train.checkpoint import Checkpointer, CheckpointError
 from mmjax.train.optim import Optimizer, make_optimizer
-from mmjax.train.state import TrainState
+from mmjax.train.state import DEFAULT_PRNG_IMPL, TrainState, make_key
 from mmjax.train.step import jit_eval_step
 
 
@@ -57,18 +57,23 @@ def make_global_batch(local_batch: dict, sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int) -> TrainState:
-  """Fresh state: parameters from ``model.init`` on an example batch, optimizer state, base PRNG key, and
-  the EMA and plateau states when the optimizer has them."""
-  root = jax.random.PRNGKey(seed)
+def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int,
+               prng_impl: str = DEFAULT_PRNG_IMPL) -> TrainState:
+  """Fresh state: parameters from ``model.init`` on an example batch, optimizer state, base PRNG key (the
+  raw data of a ``prng_impl`` key, :mod:`mmjax.train.state`), and the EMA and plateau states when the
+  optimizer has them. The parameters are drawn with threefry whatever ``prng_impl`` is (a one-off cost),
+  so runs that differ only in ``prng_impl`` start from the same parameters; with threefry every key is
+  that of ``jax.random.PRNGKey(seed)``, as before ``prng_impl`` existed."""
+  init_root = make_key(seed, "threefry")
   variables = model.init(
-      {"params": jax.random.fold_in(root, 0), "dropout": jax.random.fold_in(root, 1)},
+      {"params": jax.random.fold_in(init_root, 0), "dropout": jax.random.fold_in(init_root, 1)},
       example_batch, train=False,
   )
   params = variables["params"]
   ema = params if optimizer.ema_decay > 0 else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.tx.init(params),
-                    rng=jax.random.fold_in(root, 2), ema_params=ema, plateau=optimizer.plateau_init())
+                    rng=jax.random.key_data(jax.random.fold_in(make_key(seed, prng_impl), 2)), ema_params=ema,
+                    plateau=optimizer.plateau_init())
 
 
 def count_params(params) -> int:
@@ -191,7 +196,7 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
   example = pipeline.example_from_features(config.data)  # shapes only: no data are read here
 
   def init():
-    return init_state(model, optimizer, example, config.seed)
+    return init_state(model, optimizer, example, config.seed, config.prng_impl)
 
   boxed = jax.eval_shape(init)
   state_shardings = mesh_lib.tree_shardings(boxed, mesh)
@@ -204,7 +209,7 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                               keep=config.keep_checkpoints, identity=identity,
                               async_save=config.async_checkpoints, best_metric=config.best_metric,
-                              best_mode=config.best_mode, read_only=read_only)
+                              best_mode=config.best_mode, read_only=read_only, prng_impl=config.prng_impl)
   return Run(config, workdir, mesh, model, task, optimizer, mesh_lib.batch_sharding(mesh), state_shardings,
              abstract, init_sharded, checkpointer)
 
@@ -246,6 +251,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path} is damaged ({e}); pass --config with the config the run was trained "
                           "with") from None
   cfg.pop("init", None)  # the run's own pretrained source is not needed to restore it
+  cfg.setdefault("prng_impl", "threefry")  # runs from before config.prng_impl used threefry keys
   return validate(ml_collections.ConfigDict(cfg))
 
 
@@ -254,10 +260,14 @@ def restore_run(workdir, step=None, *, config=None, devices=None) -> tuple[Run, 
   run in ``workdir``, built from ``config`` (default: the run's own ``config.json``) on ``devices``
   (default: all). Reads only: the run's checkpoints are opened read-only and its own pretrained source is
   not loaded (the checkpoint holds the trained parameters). The run's checkpointer is closed; the
-  :class:`Run` stays usable for evaluation."""
-  config = read_config(workdir) if config is None else config
+  :class:`Run` stays usable for evaluation. The PRNG key is restored with the run's own ``prng_impl``
+  (from its ``config.json``) whatever ``config`` says: evaluation draws no training keys."""
+  own = read_config(workdir) if config is None or (Path(workdir) / "config.json").is_file() else None
+  config = own if config is None else config
   config = ml_collections.ConfigDict(config.to_dict())
   config.init.format = config.init.path = ""  # a pretrained source is not needed to restore
+  if own is not None:
+    config.prng_impl = own.prng_impl
   run = build_run(config, workdir, devices, read_only=True)
   if not run.checkpointer.directory.is_dir():
     raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}; train first (mmjax train ...)")

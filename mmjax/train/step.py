@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax.train.mesh import BATCH_AXES, replicated
 from mmjax.train.optim import Optimizer
-from mmjax.train.state import TrainState
+from mmjax.train.state import DEFAULT_PRNG_IMPL, TrainState, wrap_key
 
 
 def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
@@ -29,18 +29,19 @@ def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, task, accum_steps: int = 1,
-               mesh=None):
+               mesh=None, prng_impl: str = DEFAULT_PRNG_IMPL):
   """One optimizer update. Returns the new state and scalar metrics (loss, task metrics, the learning
   rate, gradient/parameter/update norms).
 
-  The step's key is ``fold_in(state.rng, state.step)``, so a resumed run draws the same randomness. Models
+  The step's key is ``fold_in(state.rng, state.step)`` (``state.rng`` holds the raw data of a key of
+  ``prng_impl``, see :mod:`mmjax.train.state`), so a resumed run draws the same randomness. Models
   draw from two named streams: ``dropout`` (that key) and ``latent`` (sampling in generative models,
   ``fold_in(key, 1)``). With ``accum_steps = k > 1`` the batch is split into ``k`` equal micro-batches
   (``lax.scan``; micro-batch ``j`` draws from ``fold_in(key, 2 + j)``), their gradients and metrics are
   averaged and one update is applied, so the learning-rate schedule counts updates and ``k`` micro-batches
   give the update of one batch ``k`` times larger (exactly for per-example mean losses).
   """
-  rng = jax.random.fold_in(state.rng, state.step)
+  rng = jax.random.fold_in(wrap_key(state.rng, prng_impl), state.step)
 
   def loss_fn(params, data, key):
     rngs = {"dropout": key, "latent": jax.random.fold_in(key, 1)}
@@ -94,11 +95,12 @@ def eval_step(params, batch: dict, *, model, task):
   return task.eval_sums(outputs, aux, batch), per_example
 
 
-def jit_train_step(model, optimizer, task, state_shardings, batch_shardings, mesh, accum_steps: int = 1):
+def jit_train_step(model, optimizer, task, state_shardings, batch_shardings, mesh, accum_steps: int = 1,
+                   prng_impl: str = DEFAULT_PRNG_IMPL):
   """``train_step`` jitted with explicit in/out shardings and the state donated."""
   return jax.jit(
       functools.partial(train_step, model=model, optimizer=optimizer, task=task, accum_steps=accum_steps,
-                        mesh=mesh),
+                        mesh=mesh, prng_impl=prng_impl),
       in_shardings=(state_shardings, batch_shardings),
       out_shardings=(state_shardings, replicated(mesh)),
       donate_argnums=(0,),

@@ -1,0 +1,241 @@
+"""Analytic FLOP counts of a train step, per model family: the matmul and convolution FLOPs the model's
+equations need, counted from its fields and the batch shapes, to set beside XLA's ``cost_analysis``.
+
+Conventions (those of Kaplan et al., 2020, sec. 2.1, and of the PaLM paper's MFU, Chowdhery et al., 2022,
+app. B): a matmul ``[m, k] @ [k, n]`` is ``2 m k n`` FLOPs; attention is ``2 B H Lq Lk D`` for the scores
+and as much for the weighted sum (``4 B H Lq Lk D``, :func:`mmjax.layers.attention.attention_flops`); a
+convolution is ``2`` x output positions x kernel size x in-channels x out-channels. The backward pass
+costs twice the forward (the gradients of both operands), except for the layers that read the batch, which
+need no gradient of their input (once the forward). A train step is forward + backward, about 3x the
+forward; micro-batching (``grad_accum_steps``) does not change it.
+
+What is deliberately not counted: element-wise work (LayerNorm, softmax, GELU/ReLU, residual adds, masks,
+dropout and its random bits, the loss) and the optimizer update (about 10 FLOPs per parameter for Adam),
+which XLA's cost analysis includes. At widths 40-128 they are 2-8% of XLA's count (``tests/test_flops.py``:
+analytic / XLA = 0.94-0.98 of the lowered step, 0.92-0.97 of the compiled one, for the fusion baselines,
+GPT-2 and Frozen); at width 16 (the ``runlocal`` configs) about 30% (ratio 0.69). Attention
+with a causal mask is counted whole, because the dense kernels (``xla``, ``jax``) compute the whole score
+matrix; a kernel that skips masked blocks does about half that work. Embedding lookups are gathers, not
+matmuls (their backward, a scatter-add, is not counted either); GPT-2's tied output projection
+``h @ wte^T`` is a matmul and counted. Frozen parameters (``optimizer.frozen``) are counted like the
+others: the step still computes their gradients (it logs the gradient norm). The input gradient of a
+strided convolution is counted as the forward's, not as the dilated convolution XLA runs (which multiplies
+the inserted zeros too, 4x for stride 2).
+
+Where XLA's number is smaller: its cost analysis counts the body of a loop once, not times the trip count.
+MulT runs its layers under ``nn.scan`` (a ``while`` loop), so XLA reports one cross-modal layer of each
+stack and one of the three memory layers: for MulT the analytic count is about 2x XLA's at 2 layers and
+grows with ``num_layers`` (at the original unaligned-MOSEI shapes, 5 layers: 118.5 GFLOP analytic,
+32.1 reported by XLA; benchmarks/README.md).
+Counting the scanned stacks once, the analytic count is 0.82-0.87x XLA's, like the other models. The
+matmul terms themselves are checked exactly against the ``dot_general`` / convolution equations of the
+train step's jaxpr, scan lengths multiplied (``tests/test_flops.py``).
+
+Counters are registered by model name (:func:`register`); :func:`train_step_flops` returns None for a model
+without one, and the engine then says so ("analytic FLOPs: not available") rather than guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+_COUNTERS: dict[str, Callable] = {}
+
+
+def register(*names: str):
+  """Registers ``fn(model, shapes, tally)`` as the counter of the models called ``names``; ``shapes`` maps
+  each batch key to an object with ``.shape`` and ``.dtype`` (the global batch or its ShapeDtypeStructs)."""
+  def wrap(fn):
+    for name in names:
+      _COUNTERS[name] = fn
+    return fn
+
+  return wrap
+
+
+def names() -> list[str]:
+  """Models that have a counter."""
+  return sorted(_COUNTERS)
+
+
+@dataclasses.dataclass
+class Tally:
+  """Forward and backward FLOPs, summed term by term."""
+
+  forward: float = 0.0
+  backward: float = 0.0
+
+  def add(self, flops: float, *, reads_batch: bool = False) -> None:
+    """A matmul-like term of ``flops`` forward; its backward is 2x, or 1x when its input is the batch (no
+    input gradient)."""
+    self.forward += flops
+    self.backward += flops * (1.0 if reads_batch else 2.0)
+
+  def dense(self, tokens: int, n_in: int, n_out: int, **kw) -> None:
+    """A Dense layer ``[tokens, n_in] -> [tokens, n_out]``."""
+    self.add(2.0 * tokens * n_in * n_out, **kw)
+
+  def attention(self, b: int, lq: int, lk: int, width: int) -> None:
+    """Scores and weighted sum of multi-head attention, ``width = heads * head size``."""
+    self.add(4.0 * b * lq * lk * width)
+
+  @property
+  def train_step(self) -> float:
+    return self.forward + self.backward
+
+
+def train_step_flops(name: str, model, shapes: Mapping) -> dict | None:
+  """``{"forward": F, "train_step": F + backward}`` analytic FLOPs of one step of model ``name`` on the
+  global batch ``shapes``, or None when the model has no counter."""
+  counter = _COUNTERS.get(name)
+  if counter is None:
+    return None
+  tally = Tally()
+  counter(model, shapes, tally)
+  return {"forward": tally.forward, "train_step": tally.train_step}
+
+
+def describe(analytic: dict | None, xla_total: float | None) -> str:
+  """One line for the log: the analytic count, and its ratio to XLA's (both per step, all devices)."""
+  if analytic is None:
+    return "analytic FLOPs: not available (no counter for this model in mmjax.flops)"
+  line = f"analytic {analytic['train_step'] / 1e9:.3g} GFLOP per step (matmuls only)"
+  if xla_total:
+    line += f", {analytic['train_step'] / xla_total:.2f}x XLA's"
+  return line
+
+
+def _is_tokens(x) -> bool:
+  return np.issubdtype(np.dtype(x.dtype), np.integer)
+
+
+# -- encoders shared by the fusion baselines (mmjax.layers.transformer.Encoder) -------------------------
+
+def _encoder(tally: Tally, b: int, t: int, width: int, num_layers: int, mlp_ratio: int) -> None:
+  for _ in range(num_layers):
+    tally.dense(b * t, width, 3 * width)  # q, k, v
+    tally.attention(b, t, t, width)
+    tally.dense(b * t, width, width)  # out
+    tally.dense(b * t, width, mlp_ratio * width)
+    tally.dense(b * t, mlp_ratio * width, width)
+
+
+def _sequence_embed(tally: Tally, x, width: int) -> tuple[int, int]:
+  """:class:`mmjax.layers.SequenceEmbed`: a lookup for tokens, a Dense on features; returns ``(B, T)``."""
+  b, t = x.shape[:2]
+  if not _is_tokens(x):
+    tally.dense(b * t, x.shape[-1], width, reads_batch=True)
+  return b, t
+
+
+def _classifier_head(tally: Tally, b: int, fused: int, width: int, classes: int) -> None:
+  tally.dense(b, fused, width)
+  tally.dense(b, width, classes)
+
+
+@register("late_fusion")
+def _late_fusion(model, shapes, tally: Tally) -> None:
+  for m in model.modalities:
+    b, t = _sequence_embed(tally, shapes[m], model.width)
+    _encoder(tally, b, t, model.width, model.num_layers, model.mlp_ratio)
+  _classifier_head(tally, b, len(model.modalities) * model.width, model.width, model.num_classes)
+
+
+@register("early_fusion")
+def _early_fusion(model, shapes, tally: Tally) -> None:
+  total = 0
+  for m in model.modalities:
+    b, t = _sequence_embed(tally, shapes[m], model.width)
+    total += t
+  _encoder(tally, b, total, model.width, model.num_layers, model.mlp_ratio)
+  _classifier_head(tally, b, model.width, model.width, model.num_classes)
+
+
+# -- MulT (mmjax.models.mult) ---------------------------------------------------------------------------
+
+def _mult_encoder(tally: Tally, b: int, tq: int, tk: int, width: int, num_layers: int) -> None:
+  for _ in range(num_layers):
+    tally.dense(b * tq, width, width)  # q_proj
+    tally.dense(b * tk, width, 2 * width)  # k_proj, v_proj
+    tally.attention(b, tq, tk, width)
+    tally.dense(b * tq, width, width)  # out_proj
+    tally.dense(b * tq, width, 4 * width)  # fc1
+    tally.dense(b * tq, 4 * width, width)  # fc2
+
+
+@register("mult")
+def _mult(model, shapes, tally: Tally) -> None:
+  d = model.width
+  lengths = {}
+  for letter, key, k in zip("lav", model.modality_keys, model.kernel_sizes, strict=True):
+    x = shapes[key]
+    b, t = x.shape[:2]
+    features = model.text_embed_dim if _is_tokens(x) else x.shape[-1]
+    lengths[letter] = t - k + 1
+    # the temporal convolution; its input gradient is needed only after a (learned) token embedding
+    tally.add(2.0 * b * lengths[letter] * k * features * d, reads_batch=not _is_tokens(x))
+  targets = model.target_letters()
+  for t in targets:
+    for s in "lav":
+      if s != t:
+        _mult_encoder(tally, b, lengths[t], lengths[s], d, model.num_layers)
+    _mult_encoder(tally, b, lengths[t], lengths[t], 2 * d, max(model.num_layers, 3))
+  dim = 2 * d * len(targets)
+  tally.dense(b, dim, dim)  # proj1
+  tally.dense(b, dim, dim)  # proj2
+  tally.dense(b, dim, model.output_dim)
+
+
+# -- GPT-2 and the models built on it ---------------------------------------------------------------------
+
+def _gpt2(tally: Tally, cfg, b: int, t: int) -> None:
+  """:class:`mmjax.models.gpt2.GPT2` on ``[B, T]`` inputs, logits through the tied embedding included."""
+  d = cfg.n_embd
+  for _ in range(cfg.n_layer):
+    tally.dense(b * t, d, 3 * d)  # c_attn
+    tally.attention(b, t, t, d)  # causal, counted whole (see the module docstring)
+    tally.dense(b * t, d, d)  # attn c_proj
+    tally.dense(b * t, d, cfg.mlp_width)  # c_fc
+    tally.dense(b * t, cfg.mlp_width, d)  # mlp c_proj
+  tally.dense(b * t, d, cfg.vocab_size)  # logits = h @ wte^T
+
+
+@register("causal_lm")
+def _causal_lm(model, shapes, tally: Tally) -> None:
+  b, t = shapes[model.text_key].shape[:2]
+  _gpt2(tally, model.lm, b, t)
+
+
+def _conv_out(n: int, stride: int) -> int:
+  return math.ceil(n / stride)  # "SAME" padding
+
+
+@register("frozen")
+def _frozen(model, shapes, tally: Tally) -> None:
+  image = shapes[model.image_key]
+  b, h, w = image.shape[:3]
+  c = image.shape[3] if len(image.shape) == 4 else 1
+  widths = tuple(model.vision_widths)
+  tally.add(2.0 * b * h * w * 9 * c * widths[0], reads_batch=True)  # stem 3x3
+  c = widths[0]
+  for s, width in enumerate(widths):
+    for i in range(model.vision_blocks):
+      stride = 2 if (s > 0 and i == 0) else 1
+      h, w = _conv_out(h, stride), _conv_out(w, stride)
+      if stride != 1 or c != width:
+        tally.add(2.0 * b * h * w * c * width)  # 1x1 projection
+      tally.add(2.0 * b * h * w * 9 * c * width)  # conv1
+      tally.add(2.0 * b * h * w * 9 * width * width)  # conv2
+      c = width
+  n, d = model.num_prefix, model.lm.n_embd
+  if model.prefix_head == "linear":
+    tally.dense(b, c, n * d)
+  else:  # vocab_mixture: logits over the vocabulary, then the expected embeddings
+    tally.dense(b, c, n * model.lm.vocab_size)
+    tally.add(2.0 * b * n * model.lm.vocab_size * d)
+  t = shapes[model.text_key].shape[1]
+  _gpt2(tally, model.lm, b, (0 if model.bos_id is None else 1) + n + t)
