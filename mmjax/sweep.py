@@ -127,14 +127,15 @@ def machine_info() -> dict:
   return {"os": platform.platform(), **machine()}
 
 
-def describe_machine(info: Mapping) -> str:
-  """One line for a person: the devices, jax version and OS of :func:`machine_info`."""
+def describe_machine(info: Mapping, *, os_name: bool = True) -> str:
+  """One line for a person: the devices, jax version and (``os_name``) OS of :func:`machine_info`."""
   if info.get("platform") == "cpu":
     cores = info.get("cpu_cores_usable") or info.get("cpu_cores")
     devices = f"CPU ({info.get('cpu_model') or 'unknown model'}" + (f", {cores} cores)" if cores else ")")
   else:
     devices = f"{info.get('device_count', '?')} x {info.get('device_kind', 'unknown device')}"
-  return f"{devices}, jax {info.get('jax', '?')}, {info.get('os', '?')}"
+  line = f"{devices}, jax {info.get('jax', '?')}"
+  return f"{line}, {info.get('os', '?')}" if os_name else line
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -336,7 +337,9 @@ def table_footnote(summaries: Sequence[Mapping]) -> str:
   seed_sets = {tuple(s["seeds"]) for s in summaries}
   n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}\u2013{counts[-1]}"
   seeds = f" ({', '.join(map(str, next(iter(seed_sets))))})" if len(seed_sets) == 1 else ""
-  machines = list(dict.fromkeys(describe_machine(s["machine"]) for s in summaries if s.get("machine")))
+  # Without the OS string: the same machine reports a new kernel build after a restart.
+  machines = list(dict.fromkeys(describe_machine(s["machine"], os_name=False)
+                                for s in summaries if s.get("machine")))
   where = "; ".join(machines) if machines else "an unrecorded machine"
   return (f"Mean ± std over n = {n} seeds{seeds} per row; std is the sample standard deviation "
           f"(ddof = 1). Measured on {where}.")

@@ -78,7 +78,7 @@ def test_tables_are_written_between_the_markers(script, setup, capsys):
   assert "| model A | `configs/a.py` `num_steps=600` | 1,234 | 96.0 ± 1.0 % | 0.040 ± 0.010 |" in lines
   assert "| model A, image only | `configs/a.py:image` | 1,234 | 82.0 ± 2.0 % | 0.180 ± 0.020 |" in lines
   assert ("Mean ± std over n = 3 seeds (0, 1, 2) per row; std is the sample standard deviation (ddof = 1). "
-          "Measured on CPU (Fake CPU, 2 cores), jax 0.10.2, Linux.") in text
+          "Measured on CPU (Fake CPU, 2 cores), jax 0.10.2.") in text
   assert "from `results/toy/`" in text and "rewrote demo" in capsys.readouterr().out
 
 

@@ -214,7 +214,8 @@ def test_markdown_table_and_footnote():
   with pytest.raises(ValueError, match="leading cell"):
     sweep.markdown_table([(["A"], a)], [], lead=("model", "config"))
   note = sweep.table_footnote([a, a])
-  assert "n = 3 seeds (0, 1, 2)" in note and "ddof = 1" in note and "1 x NVIDIA H200, jax 0.11, Linux" in note
+  assert "n = 3 seeds (0, 1, 2)" in note and "ddof = 1" in note
+  assert "Measured on 1 x NVIDIA H200, jax 0.11." in note
   b = {**a, "seeds": [0, 1, 2, 3, 4], "machine": None}
   assert "n = 3\u20135 seeds per row" in sweep.table_footnote([a, b])
 
@@ -222,6 +223,7 @@ def test_markdown_table_and_footnote():
 def test_describe_machine_git_commit_and_machine_info(tmp_path):
   cpu = {"platform": "cpu", "cpu_model": "Xeon", "cpu_cores_usable": 2, "jax": "0.10.2", "os": "Linux"}
   assert sweep.describe_machine(cpu) == "CPU (Xeon, 2 cores), jax 0.10.2, Linux"
+  assert sweep.describe_machine(cpu, os_name=False) == "CPU (Xeon, 2 cores), jax 0.10.2"
   assert sweep.git_commit(tmp_path) is None  # not a checkout
   info = sweep.machine_info()
   assert {"os", "device_kind", "platform", "device_count", "jax", "jaxlib", "python"} <= set(info)
