@@ -246,8 +246,13 @@ def _main(argv) -> int:
     if args.data_command == "list":
       import logging
 
-      logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns about every unprepared variant
-      return _data_list(pipeline.list_datasets(args.data_dir or None))
+      absl = logging.getLogger("absl")  # tfds warns about every unprepared variant
+      level = absl.level
+      absl.setLevel(logging.ERROR)
+      try:
+        return _data_list(pipeline.list_datasets(args.data_dir or None))
+      finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
+        absl.setLevel(level)
     builder = pipeline.prepare(args.name, args.data_dir or None, args.manual_dir or None,
                                overwrite=args.overwrite)
     for note in pipeline.build_notes(builder):

@@ -271,7 +271,7 @@ def test_pipeline_prepare_with_manual_dir_logs_replacements(tmp_path, caplog):
   with pytest.raises(pipeline.DatasetError, match="--manual_dir"):
     pipeline.open_split(cfg, "train")
   write_pickle(ms.CmuMosi, "aligned", manual)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):  # the builders log through absl
     builder = pipeline.prepare("cmu_mosi/aligned", str(tmp_path / "d"), manual_dir=str(manual))
   assert builder.info.splits["validation"].num_examples == 3
   assert "set 3 non-finite audio values" in caplog.text  # train: 2 + 1 -inf
