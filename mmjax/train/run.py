@@ -193,8 +193,10 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
   def init():
     return init_state(model, optimizer, example, config.seed)
 
+  # The state is never built on one device: its shapes and logical axes come from eval_shape, the rules
+  # give every leaf a sharding, and the jitted init writes each shard straight onto its device.
   boxed = jax.eval_shape(init)
-  state_shardings = mesh_lib.tree_shardings(boxed, mesh)
+  state_shardings = mesh_lib.tree_shardings(boxed, mesh, config.mesh.rules.to_dict())
   abstract = jax.tree_util.tree_map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
   init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
