@@ -21,6 +21,10 @@ from mmjax.errors import ConfigError
 
 __all__ = ["ConfigError", "apply_override", "default_config", "get_config", "load_config_file", "validate"]
 
+PRECISIONS = ("float32", "bfloat16")
+# Other spellings of a precision, rewritten to its name by validate (--config.precision=bf16).
+PRECISION_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32"}
+
 # Sections whose keys are free-form dictionaries (checked elsewhere or by the consumer).
 FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "evaluators", "mesh.rules")
 
@@ -95,6 +99,13 @@ def default_config() -> ml_collections.ConfigDict:
   # --config.mesh.rules.embed=fsdp,tensor. Names and defaults: mmjax.train.mesh (LOGICAL_AXES, DEFAULT_RULES).
   c.mesh.rules = ml_collections.ConfigDict(_default_rules())
 
+  # Compute dtype of every model: "float32" or "bfloat16" (matmuls and activations in bfloat16; parameters,
+  # optimizer state, softmax, normalisation statistics and losses stay float32). See PRECISIONS.
+  c.precision = "float32"
+  # Rematerialisation of each transformer / cross-modal block in the backward pass: "none", "full" (keep only
+  # the block's inputs) or the name of a jax.checkpoint_policies policy (e.g. "dots_saveable"). See REMAT.
+  c.remat = "none"
+
   c.batch_size = 32  # global, over all processes and devices
   c.eval_batch_size = 128
   c.num_steps = 1000
@@ -166,6 +177,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"{models.loader_names()}; path: the run directory or the weights), or neither")
   if not full.data.name:
     raise ConfigError("config sets no data.name (a dataset, e.g. 'digits_av')")
+  if "dtype" in full.model.kwargs:
+    raise ConfigError(f"model.kwargs.dtype ({full.model.kwargs.dtype!r}) is set by config.precision for "
+                      "every model: remove it and set --config.precision=bfloat16 (or float32)")
+  if isinstance(full.precision, str):
+    full.precision = PRECISION_ALIASES.get(full.precision.strip().lower(), full.precision.strip())
   _check_names(full)
   _check_ranges(full)
   return full
@@ -174,9 +190,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _check_names(c) -> None:
   """Names that must be one of a known set: task, optimizer, schedule, evaluators."""
   from mmjax import evaluators, tasks
+  from mmjax.layers.remat import POLICIES
   from mmjax.train.optim import OPTIMIZERS, SCHEDULES
 
-  for what, value, known in (("task.name", c.task.name, tasks.names()),
+  for what, value, known in (("precision", c.precision, PRECISIONS),
+                             ("remat", c.remat, ("none", "full", *POLICIES)),
+                             ("task.name", c.task.name, tasks.names()),
                              ("optimizer.name", c.optimizer.name, OPTIMIZERS),
                              ("optimizer.schedule", c.optimizer.schedule, SCHEDULES)):
     if value not in known:

@@ -71,6 +71,20 @@ def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int) -> T
                     rng=jax.random.fold_in(root, 2), ema_params=ema, plateau=optimizer.plateau_init())
 
 
+def model_kwargs(config) -> dict:
+  """``config.model.kwargs`` plus the engine-wide model settings the model has fields for: ``dtype`` from
+  ``config.precision`` (the compute dtype; parameters stay float32) and ``remat`` from ``config.remat``.
+  They are not part of the checkpoint's identity: a run trained in float32 restores in bfloat16, with or
+  without rematerialisation."""
+  kwargs = dict(config.model.kwargs)
+  fields = models.fields(config.model.name)
+  if "dtype" in fields:
+    kwargs["dtype"] = jnp.dtype(config.precision)
+  if "remat" in fields:
+    kwargs["remat"] = config.remat
+  return kwargs
+
+
 def count_params(params) -> int:
   """Number of scalar parameters."""
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
@@ -183,7 +197,7 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
     raise BatchError(f"batch_size {config.batch_size} / grad_accum_steps {accum} gives micro-batches that "
                      f"do not split over the {dp} data-parallel devices")
   try:
-    model = models.build(config.model.name, dict(config.model.kwargs))
+    model = models.build(config.model.name, model_kwargs(config))
   except (KeyError, ValueError) as e:
     raise UserError(str(e.args[0] if e.args else e)) from None
   task = tasks.get(config.task.name, **dict(config.task.kwargs))
