@@ -164,3 +164,12 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(data_dir, tmp_path):
     assert all(g.is_equivalent_to(w, x.ndim) for g, w, x in
                zip(got, want, jax.tree_util.tree_leaves(restored.params), strict=True))
     assert sharded_leaves(restored)
+  # restore_run on one device, from a run whose mesh (2, 2, 2) needs eight: it falls back to one device
+  from mmjax.train.run import restore_run
+
+  run, restored = restore_run(tmp_path, 1, config=engine_config("late_fusion", data_dir, (2, 2, 2)),
+                              devices=jax.devices()[:1])
+  assert run.mesh.size == 1
+  for a, b in zip(jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(state.params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,12 +269,19 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 def restore_run(workdir, step=None, *, config=None, devices=None) -> tuple[Run, TrainState]:
   """``(run, state)`` of the checkpoint at ``step`` (a number, ``None``/``"latest"``, or ``"best"``) of the
   run in ``workdir``, built from ``config`` (default: the run's own ``config.json``) on ``devices``
-  (default: all). Reads only: the run's checkpoints are opened read-only and its own pretrained source is
-  not loaded (the checkpoint holds the trained parameters). The run's checkpointer is closed; the
-  :class:`Run` stays usable for evaluation."""
+  (default: all; when the run's mesh does not fit them, data parallelism over them). Reads only: the run's
+  checkpoints are opened read-only and its own pretrained source is not loaded (the checkpoint holds the
+  trained parameters). The run's checkpointer is closed; the :class:`Run` stays usable for evaluation."""
   config = read_config(workdir) if config is None else config
   config = ml_collections.ConfigDict(config.to_dict())
   config.init.format = config.init.path = ""  # a pretrained source is not needed to restore
+  count = len(devices) if devices is not None else jax.device_count()
+  sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+  fixed = math.prod(s for s in sizes if s != -1)
+  if count % fixed or (-1 not in sizes and fixed != count):
+    # The run's mesh does not fit these devices (e.g. one device for grafting): a checkpoint restores onto
+    # any mesh, so use data parallelism over them.
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
   run = build_run(config, workdir, devices, read_only=True)
   if not run.checkpointer.directory.is_dir():
     raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}; train first (mmjax train ...)")
