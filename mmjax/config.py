@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   # optimizer state, softmax, normalisation statistics and losses stay float32). See PRECISIONS.
   c.precision = "float32"
   # Rematerialisation of each transformer / cross-modal block in the backward pass: "none", "full" (keep only
-  # the block's inputs) or the name of a jax.checkpoint_policies policy (e.g. "dots_saveable"). See REMAT.
+  # the block's inputs) or a jax.checkpoint_policies policy (e.g. "dots_saveable"); mmjax.layers.remat.MODES.
   c.remat = "none"
 
   c.batch_size = 32  # global, over all processes and devices
