@@ -140,7 +140,7 @@ fi
 run_step env 60 "$PY" benchmarks/run_device.py env
 
 BENCH=("$PY" -m mmjax bench train_step --synthetic --out "$OUT")
-BF16=(--config.model.kwargs.dtype=bfloat16)
+BF16=(--config.precision=bfloat16)
 if [ "$MODE" = full ]; then
   STEPS=(--steps 30 --warmup 5)
   # The original main.py: batch 24, d = 30, 5 layers, 5 heads, kernel size 1, its dropouts and clipping.

@@ -21,8 +21,12 @@ from mmjax.errors import ConfigError
 
 __all__ = ["ConfigError", "apply_override", "default_config", "get_config", "load_config_file", "validate"]
 
+PRECISIONS = ("float32", "bfloat16")
+# Other spellings of a precision, rewritten to its name by validate (--config.precision=bf16).
+PRECISION_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32"}
+
 # Sections whose keys are free-form dictionaries (checked elsewhere or by the consumer).
-FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "evaluators")
+FREE_FORM = ("model.kwargs", "task.kwargs", "data.max_lengths", "evaluators", "mesh.rules")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -92,6 +96,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Logical axis name of a parameter dimension -> mesh axes, comma-separated ("" = replicated), e.g.
+  # --config.mesh.rules.embed=fsdp,tensor. Names and defaults: mmjax.train.mesh (LOGICAL_AXES, DEFAULT_RULES).
+  c.mesh.rules = ml_collections.ConfigDict(_default_rules())
+
+  # Compute dtype of every model: "float32" or "bfloat16" (matmuls and activations in bfloat16; parameters,
+  # optimizer state, softmax, normalisation statistics and losses stay float32). See PRECISIONS.
+  c.precision = "float32"
+  # Rematerialisation of each transformer / cross-modal block in the backward pass: "none", "full" (keep only
+  # the block's inputs) or a jax.checkpoint_policies policy (e.g. "dots_saveable"); mmjax.layers.remat.MODES.
+  c.remat = "none"
 
   c.batch_size = 32  # global, over all processes and devices
   c.eval_batch_size = 128
@@ -108,6 +122,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.progress = True  # progress bar on process 0
   c.check_memory = True  # refuse a step whose compiled memory exceeds what the device (or host) has
   return c
+
+
+def _default_rules() -> dict[str, str]:
+  from mmjax.train.mesh import DEFAULT_RULES  # the one place the defaults are written
+
+  return dict(DEFAULT_RULES)
 
 
 def _suggest(key, candidates) -> str:
@@ -158,6 +178,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"{models.loader_names()}; path: the run directory or the weights), or neither")
   if not full.data.name:
     raise ConfigError("config sets no data.name (a dataset, e.g. 'digits_av')")
+  if "dtype" in full.model.kwargs:
+    raise ConfigError(f"model.kwargs.dtype ({full.model.kwargs.dtype!r}) is set by config.precision for "
+                      "every model: remove it and set --config.precision=bfloat16 (or float32)")
+  if isinstance(full.precision, str):
+    full.precision = PRECISION_ALIASES.get(full.precision.strip().lower(), full.precision.strip())
   _check_names(full)
   _check_ranges(full)
   return full
@@ -166,10 +191,13 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _check_names(c) -> None:
   """Names that must be one of a known set: task, optimizer, schedule, PRNG, evaluators."""
   from mmjax import evaluators, tasks
+  from mmjax.layers.remat import POLICIES
   from mmjax.train.optim import OPTIMIZERS, SCHEDULES
   from mmjax.train.state import PRNG_IMPLS
 
-  for what, value, known in (("task.name", c.task.name, tasks.names()),
+  for what, value, known in (("precision", c.precision, PRECISIONS),
+                             ("remat", c.remat, ("none", "full", *POLICIES)),
+                             ("task.name", c.task.name, tasks.names()),
                              ("prng_impl", c.prng_impl, tuple(PRNG_IMPLS)),
                              ("optimizer.name", c.optimizer.name, OPTIMIZERS),
                              ("optimizer.schedule", c.optimizer.schedule, SCHEDULES)):
@@ -222,12 +250,34 @@ def _check_ranges(c) -> None:
     size = c.mesh[axis]
     need(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
          "an integer >= 1, or -1 for all remaining devices")
+  _check_rules(c.mesh.rules)
   need(c.best_mode in ("max", "min"), "best_mode", c.best_mode, "'max' or 'min'")
   if c.best_metric:
     need("/" in c.best_metric, "best_metric", c.best_metric,
          "EVALUATOR/METRIC, e.g. 'validation/accuracy'")
   need(not c.early_stopping_patience or c.best_metric, "early_stopping_patience",
        c.early_stopping_patience, "0 unless best_metric names the metric to watch")
+
+
+def _check_rules(rules) -> None:
+  """``mesh.rules``: known logical axis names, each mapped to known mesh axes (comma-separated strings)."""
+  from mmjax.train.mesh import AXES, LOGICAL_AXES, parse_rules
+
+  for key, value in rules.items():
+    if key not in LOGICAL_AXES:
+      raise ConfigError(f"mesh.rules has unknown logical axis {key!r}.{_suggest(key, LOGICAL_AXES)} Logical "
+                        f"axes: {', '.join(LOGICAL_AXES)} (see mmjax/train/mesh.py).")
+    if value is not None and not isinstance(value, str):
+      raise ConfigError(f"mesh.rules.{key} must be a string of mesh axes, comma-separated ('' = replicated), "
+                        f"e.g. 'fsdp' or 'fsdp,tensor'; got {value!r}")
+    for axis in (a.strip() for a in (value or "").split(",")):
+      if axis and axis not in AXES:
+        raise ConfigError(f"mesh.rules.{key} names unknown mesh axis {axis!r}.{_suggest(axis, AXES)} Mesh "
+                          f"axes: {', '.join(AXES)}; '' keeps the dimension replicated.")
+  try:
+    parse_rules(rules.to_dict())
+  except ValueError as e:
+    raise ConfigError(f"mesh.rules: {e}") from None
 
 
 def _check_nested(model: str, path: str, default, value) -> None:

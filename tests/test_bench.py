@@ -107,16 +107,18 @@ def test_attention_stops_at_its_time_budget(tmp_path, monkeypatch):
   assert len(doc["results"]) == 4 and doc["complete"] is True and "not_reached" not in doc
 
 
-def test_compute_dtype_from_an_override_string():
+def test_compute_dtype_from_the_precision_override():
   from mmjax.bench import train_step
   from mmjax.config import ConfigError, get_config
 
   for text, expected in (("bfloat16", "bfloat16"), ("bf16", "bfloat16"), ("FP32", "float32")):
-    config = get_config("configs/mfm_mosi.py", [f"model.kwargs.dtype={text}"])
-    assert train_step.compute_dtype(config) == expected and config.model.kwargs.dtype == expected
-  assert train_step.compute_dtype(get_config("configs/mfm_mosi.py")) == "float32"  # the model's default
-  with pytest.raises(ConfigError, match="not a dtype"):
-    train_step.compute_dtype(get_config("configs/mfm_mosi.py", ["model.kwargs.dtype=bf17"]))
+    config = get_config("configs/mfm_mosi.py", [f"precision={text}"])
+    assert train_step.compute_dtype(config) == expected and config.precision == expected
+  assert train_step.compute_dtype(get_config("configs/mfm_mosi.py")) == "float32"  # the default
+  with pytest.raises(ConfigError, match="precision 'bf17' is not known.*Valid names: float32, bfloat16"):
+    get_config("configs/mfm_mosi.py", ["precision=bf17"])
+  with pytest.raises(ConfigError, match="model.kwargs.dtype .* is set by config.precision"):
+    get_config("configs/mfm_mosi.py", ["model.kwargs.dtype=bfloat16"])
 
 
 def test_utilization_over_the_dense_peak_of_the_compute_dtype():

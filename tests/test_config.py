@@ -61,6 +61,10 @@ def test_override_of_a_model_field_the_file_does_not_set():
     ("model.kwargs.widht=3", "has no field 'widht'"),
     ("num_steps=abc", "expected a int"),
     ("num_steps", "not of the form key=value"),
+    ("mesh.rules.embd=fsdp", "unknown logical axis 'embd'.*Did you mean embed.*Logical axes: embed, mlp"),
+    ("mesh.rules.mlp=tensr",
+     "mesh.rules.mlp names unknown mesh axis 'tensr'.*Did you mean tensor.*Mesh axes: data, fsdp, tensor"),
+    ("mesh.rules.mlp=tensor,tensor", "names a mesh axis twice"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
   with pytest.raises(ConfigError, match=message):
@@ -174,3 +178,13 @@ def test_nested_keys_in_a_config_file_are_validated_and_round_trip_through_json(
   assert again.model.kwargs.to_dict()["lm"] == kwargs["lm"]
   rebuilt, built = (models.build("frozen", dict(c.model.kwargs)) for c in (again, cfg))
   assert rebuilt.lm == built.lm
+
+
+def test_mesh_rules_default_in_one_place_and_take_overrides():
+  from mmjax.train.mesh import DEFAULT_RULES, parse_rules
+
+  overrides = ["mesh.rules.mlp=fsdp,tensor", "mesh.rules.embed="]
+  cfg = get_config(str(CONFIGS / "late_fusion_digits.py"), overrides)
+  assert cfg.mesh.rules.to_dict() == {**DEFAULT_RULES, "mlp": "fsdp,tensor", "embed": ""}
+  rules = dict(parse_rules(cfg.mesh.rules.to_dict()))
+  assert rules["mlp"] == ("fsdp", "tensor") and "embed" not in rules and rules["heads"] == ("tensor",)

@@ -244,7 +244,7 @@ def test_registry_logical_axes_and_sharding_over_8_devices():
   abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, train=False))
   specs = nn.get_partition_spec(abstract)["params"]
   assert tuple(specs["wte"]["embedding"]) == ("vocab", "embed")
-  assert tuple(specs["h_0"]["attn"]["c_attn"]["kernel"]) == ("embed", None, "heads", None)
+  assert tuple(specs["h_0"]["attn"]["c_attn"]["kernel"]) == ("embed", None, "heads", "kv")
   assert tuple(specs["h_0"]["mlp"]["c_fc"]["kernel"]) == ("embed", "mlp")
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   shardings = mesh_lib.tree_shardings(abstract, mesh)["params"]

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ def shapes_of(tree):
 
 def random_params(model, batch, seed=0, std=0.3):
   """Random parameters of the right shapes without compiling ``init`` (tests stay fast)."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False)))["params"]
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map_with_path(
       lambda path, a: (1.0 if path[-1].key == "scale" else 0.0) + std * rng.standard_normal(a.shape).astype(
@@ -118,7 +119,8 @@ def test_state_dict_import_maps_every_name_exactly_once(targets):
   # every tensor filled with its own constant 1, 2, 3, ... (exact in float32)
   sd = {n: np.full(s, i + 1, np.float32) for i, (n, s) in enumerate(shapes.items())}
   params = mult_torch.from_torch_state_dict(sd, model)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), fake_batch(), train=False))["params"]
+  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), fake_batch(), train=False)))
+  abstract = abstract["params"]
   assert shapes_of(params) == shapes_of(abstract)
   counts = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -198,7 +200,8 @@ def test_crossmodal_block_known_answer():
   xk = rng.standard_normal((1, lk, w)).astype(np.float32)
   xk[0, 1, 0] = 0.0  # padding quirk: this key step gets no positional embedding
   enc = mult.MulTEncoder(1, heads, attn_mask=True)
-  shapes = shapes_of(jax.eval_shape(lambda: enc.init(jax.random.PRNGKey(0), zq, xk, train=False))["params"])
+  init = lambda: nn.unbox(enc.init(jax.random.PRNGKey(0), zq, xk, train=False))  # noqa: E731
+  shapes = shapes_of(jax.eval_shape(init)["params"])
   params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s) * 0.5, shapes,
                                   is_leaf=lambda s: isinstance(s, tuple))
   got = jax.jit(lambda p: enc.apply({"params": p}, zq, xk, train=False))(params)
@@ -239,7 +242,7 @@ def test_output_shapes_aligned_unaligned_and_ablations():
   batch = fake_batch((6, 9, 7))
   for b in (batch, fake_batch((5, 5, 5))):  # unaligned, aligned
     (out, aux), variables = jax.eval_shape(
-        lambda x: model.init_with_output(jax.random.PRNGKey(0), x, train=False), b)
+        lambda x: nn.unbox(model.init_with_output(jax.random.PRNGKey(0), x, train=False)), b)
     assert out.shape == (3, 1) and out.dtype == jnp.float32 and aux["last_hs"].shape == (3, 48)
   assert variables["params"]["proj_a"]["kernel"].shape == (3, 5, 8)
   assert variables["params"]["trans_l_mem"]["layers"]["fc1"]["kernel"].shape == (3, 16, 64)

@@ -1,83 +1,175 @@
-"""One train step sharded over 8 devices equals the same step on 1 device, for the paper models."""
+"""Sharding: every registered model's parameters carry logical axis names, the config's rules place them on
+a (data, fsdp, tensor) mesh, and training gives the same losses on any mesh as on one device; checkpoints
+restore onto a mesh of another shape.
 
-import functools
+Each model at its runlocal config (tests/test_contract.py: CONFIG_OF) trains 5 float32 steps on fixed
+batches through the engine's own jitted, sharded step on one device and on a mesh; the losses agree to 1e-5.
+The default run covers every model on (2, 2, 2) and every mesh for late fusion; ``-m slow`` adds every
+model on every mesh. (This replaces the earlier one-step 1-vs-8-device test of MulT and the VAEs, which the
+(2, 2, 2) cases cover with more steps and real fsdp/tensor sharding.)
+"""
 
 import jax
 import numpy as np
-import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from mmjax import models, tasks
-from mmjax.train.mesh import batch_sharding, make_mesh
-from mmjax.train.optim import Optimizer
-from mmjax.train.run import init_state, make_global_batch
-from mmjax.train.step import train_step
+from mmjax import models
 
-B = 8
+MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2), "1x1x8": (1, 1, 8)}
+OTHER_MESHES = [m for k, m in MESHES.items() if k != "2x2x2"]
+mesh_id = lambda m: "x".join(map(str, m))  # noqa: E731
+STEPS = 5
 
 
-def mult_case():
+def engine_config(name, data_dir, mesh=(1, 1, 1), overrides=()):
+  """The model's runlocal config on ``mesh`` without dropout: random bits cost most of the compile time on
+  CPU, and random draws under sharding stay covered (the VAEs sample latents, MFM drops modalities)."""
+  from mmjax.config import get_config
+  from tests.conftest import CONFIGS
+  from tests.test_contract import CONFIG_OF
+
+  data, fsdp, tensor = mesh
+  no_dropout = [f"model.kwargs.{k}=0.0" for k, v in models.fields(name).items()
+                if "dropout" in k and isinstance(v, float)]
+  return get_config(str(CONFIGS / CONFIG_OF[name]), [
+      f"data.data_dir={data_dir}", f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}",
+      "init.format=", "init.path=",  # Frozen's runlocal grafts a trained LM: random parameters here
+      "async_checkpoints=false", *no_dropout, *overrides])
+
+
+def fixed_batches(config, steps=STEPS):
+  """``steps`` numpy batches of random features (every row its own draw) with random valid lengths."""
+  from mmjax.data import pipeline
+
   rng = np.random.default_rng(0)
-  lengths = {"text": 6, "audio": 11, "vision": 9}
-  widths = {"text": 12, "audio": 5, "vision": 7}
-  batch = {k: rng.standard_normal((B, t, widths[k])).astype(np.float32) for k, t in lengths.items()}
-  for k, t in lengths.items():
-    batch[f"{k}_mask"] = np.arange(t)[None] < rng.integers(2, t + 1, (B, 1))
-  batch["label"] = rng.uniform(-3, 3, B).astype(np.float32)
-  # No dropout: random bits cost most of the compile time on CPU, and dropout under sharding is covered by
-  # tests/test_train.py (late fusion through the whole engine).
-  rates = ("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "out_dropout")
-  no_dropout = dict.fromkeys(rates, 0.0)
-  model = models.build("mult", {"width": 8, "num_layers": 1, "num_heads": 2, "kernel_sizes": (1, 3, 1),
-                                **no_dropout})
-  return model, tasks.get("regression"), batch
+  out = []
+  for s in range(steps):
+    rows = [pipeline.example_from_features(config.data, 1, seed=100 * s + i)
+            for i in range(config.batch_size)]
+    batch = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    for k, v in batch.items():
+      if k.endswith("_mask") and v.ndim == 2:
+        t = v.shape[1]
+        batch[k] = np.arange(t)[None] < rng.integers(max(t // 2, 1), t + 1, (v.shape[0], 1))
+    out.append(batch)
+  return out
 
 
-def vae_case(name):
-  """MFM / MVAE / MMVAE on an image + variable-length audio + token-text batch; the step samples latents
-  (the ``latent`` stream) and MFM's surrogate drops modalities (``dropout`` stream), so this also checks
-  that the random draws do not depend on the sharding. MFM's MMD couples all examples of the batch."""
-  rng = np.random.default_rng(1)
-  batch = {
-      "image": rng.random((B, 8, 8), np.float32),
-      "audio": rng.standard_normal((B, 6, 10)).astype(np.float32),
-      "audio_mask": np.arange(6)[None] < rng.integers(2, 7, (B, 1)),
-      "text": rng.integers(0, 20, (B, 5)).astype(np.int32),
-      "text_mask": np.arange(5)[None] < rng.integers(1, 6, (B, 1)),
-      "label": rng.integers(0, 4, B).astype(np.int32),
-  }
-  model = models.build(name, {"vocab_size": 20, "width": 8, "num_heads": 2, "num_classes": 4})
-  return model, tasks.get("vae"), batch
+def train_steps(config, workdir, devices, batches):
+  """``(run, state, losses)`` after one jitted, sharded step per batch (the engine's own step)."""
+  from mmjax.train.run import build_run
+  from mmjax.train.step import jit_train_step
+
+  run = build_run(config, workdir, devices)
+  state = run.init()
+  step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding, run.mesh)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, run.global_batch(batch))
+    losses.append(metrics["loss"])
+  run.close()
+  return run, state, np.asarray(jax.device_get(losses))
 
 
-def step_on(devices, model, task, batch, state, tx):
-  mesh = make_mesh(devices=devices)
-  replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
-  state = jax.device_put(state, replicated)
-  fn = jax.jit(functools.partial(train_step, model=model, optimizer=tx, task=task),
-               in_shardings=(replicated, batch_sharding(mesh)), out_shardings=(replicated, None))
-  new_state, metrics = fn(state, make_global_batch(batch, batch_sharding(mesh)))
-  return jax.device_get(new_state.params), jax.device_get(metrics)
+_ONE_DEVICE = {}  # model -> losses on one device, computed once per session
 
 
-CASES = {"mult": mult_case, **{n: functools.partial(vae_case, n) for n in ("mfm", "mvae", "mmvae")}}
+def one_device_losses(name, data_dir, tmp_path):
+  if name not in _ONE_DEVICE:
+    config = engine_config(name, data_dir)
+    _, _, _ONE_DEVICE[name] = train_steps(config, tmp_path / "one", jax.devices()[:1], fixed_batches(config))
+  return _ONE_DEVICE[name]
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_sharded_step_equals_single_device(case):
-  model, task, batch = case()
-  # SGD: linear in the gradients (Adam amplifies the sign of ~0 gradients)
-  tx = Optimizer(tx=optax.sgd(0.1), schedule=optax.constant_schedule(0.1))
-  state = jax.jit(lambda: init_state(model, tx, {k: v[:1] for k, v in batch.items()}, seed=0))()
-  params_1, metrics_1 = step_on(jax.devices()[:1], model, task, batch, state, tx)
-  params_8, metrics_8 = step_on(jax.devices()[:8], model, task, batch, state, tx)
-  np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(metrics_8["grad_norm"], metrics_1["grad_norm"], rtol=1e-5)
-  # Parameters after one step, compared at the scale of each tensor: a different reduction order changes
-  # the last bits of large entries (a random MulT's L1 gradients are large), nothing more.
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_8), jax.tree_util.tree_leaves(params_1),
-                          strict=True):
-    scale = max(float(np.abs(b).max()), 1.0)
-    assert float(np.abs(a - b).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
+def check_mesh(name, mesh, data_dir, tmp_path):
+  config = engine_config(name, data_dir, mesh)
+  run, state, losses = train_steps(config, tmp_path / "mesh", jax.devices()[:8], fixed_batches(config))
+  assert dict(run.mesh.shape) == dict(zip(("data", "fsdp", "tensor"), mesh, strict=True))
+  np.testing.assert_allclose(losses, one_device_losses(name, data_dir, tmp_path), rtol=1e-5, atol=1e-5)
+  assert np.isfinite(losses).all()
+  return run, state
+
+
+def sharded_leaves(state):
+  """``{path: leaf}`` of the parameters split over more than one device."""
+  return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+          if x.sharding.shard_shape(x.shape) != x.shape}
+
+
+ALL_MODELS = sorted(models.names())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_on_a_2x2x2_mesh_equals_one_device(name, data_dir, tmp_path):
+  _, state = check_mesh(name, (2, 2, 2), data_dir, tmp_path)
+  sharded = sharded_leaves(state)
+  assert sharded, f"{name}: no parameter is sharded on a (2, 2, 2) mesh"
+  for path, x in sharded.items():
+    names = {a for axes in x.sharding.spec if axes for a in ((axes,) if isinstance(axes, str) else axes)}
+    assert names & {"fsdp", "tensor"}, path
+    assert np.prod(x.sharding.shard_shape(x.shape)) < np.prod(x.shape), path
+
+
+@pytest.mark.parametrize("mesh", OTHER_MESHES, ids=mesh_id)
+def test_late_fusion_on_every_mesh_equals_one_device(mesh, data_dir, tmp_path):
+  check_mesh("late_fusion", mesh, data_dir, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", OTHER_MESHES, ids=mesh_id)
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if n != "late_fusion"])
+def test_every_model_on_every_mesh_equals_one_device(name, mesh, data_dir, tmp_path):
+  check_mesh(name, mesh, data_dir, tmp_path)
+
+
+def test_tensor_and_fsdp_rules_place_the_parameters(data_dir, tmp_path):
+  from mmjax.train.run import build_run
+
+  run = build_run(engine_config("late_fusion", data_dir, (2, 2, 2)), tmp_path)
+  enc = run.state_shardings.params["image_encoder"]["layer_0"]
+  assert tuple(enc["fc1"]["kernel"].spec) == ("fsdp", "tensor")  # (embed, mlp)
+  assert tuple(enc["attn"]["query"]["kernel"].spec) == ("fsdp", "tensor", None)  # (embed, heads, kv)
+  assert tuple(enc["ln_mlp"]["scale"].spec) == (None,)  # norm: replicated
+  # Adam's moments follow their parameters
+  mu = run.state_shardings.opt_state
+  assert any(tuple(s.spec) == ("fsdp", "tensor") for s in jax.tree_util.tree_leaves(mu))
+  # rules from the config: mlp over fsdp and tensor, embed replicated
+  cfg = engine_config("late_fusion", data_dir, (2, 2, 2), ["mesh.rules.mlp=fsdp,tensor", "mesh.rules.embed="])
+  enc = build_run(cfg, tmp_path).state_shardings.params["image_encoder"]["layer_0"]
+  assert tuple(enc["fc1"]["kernel"].spec) == (None, ("fsdp", "tensor"))
+  # a dimension the mesh axes do not divide (4 heads over tensor = 8) stays replicated
+  cfg = engine_config("late_fusion", data_dir, (1, 1, 8))
+  enc = build_run(cfg, tmp_path).state_shardings.params["image_encoder"]["layer_0"]
+  assert tuple(enc["attn"]["query"]["kernel"].spec)[1:] == (None, None)
+  assert tuple(enc["fc1"]["kernel"].spec)[1:] == ("tensor",)
+
+
+def test_checkpoint_saved_on_one_mesh_restores_on_another(data_dir, tmp_path):
+  from mmjax.train.run import build_run
+
+  saved = build_run(engine_config("late_fusion", data_dir, (8, 1, 1)), tmp_path)
+  state = saved.init()
+  state = jax.jit(lambda s: s.replace(params=jax.tree_util.tree_map(lambda x: x + 0.5, s.params)))(state)
+  saved.checkpointer.save(1, state, force=True)
+  saved.close()
+  for mesh in ((2, 2, 2), (1, 2, 4)):
+    run = build_run(engine_config("late_fusion", data_dir, mesh), tmp_path, read_only=True)
+    restored = run.restore(1)
+    run.close()
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(restored.params),
+                            jax.tree_util.tree_leaves(state.params), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    want = jax.tree_util.tree_leaves(run.state_shardings.params)
+    got = [x.sharding for x in jax.tree_util.tree_leaves(restored.params)]
+    assert all(g.is_equivalent_to(w, x.ndim) for g, w, x in
+               zip(got, want, jax.tree_util.tree_leaves(restored.params), strict=True))
+    assert sharded_leaves(restored)
+  # restore_run on one device, from a run whose mesh (2, 2, 2) needs eight: it falls back to one device
+  from mmjax.train.run import restore_run
+
+  run, restored = restore_run(tmp_path, 1, config=engine_config("late_fusion", data_dir, (2, 2, 2)),
+                              devices=jax.devices()[:1])
+  assert run.mesh.size == 1
+  for a, b in zip(jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(state.params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -11,7 +11,8 @@ followed by ``jax.block_until_ready``; a second pass times the same number of st
 block at the end, so dispatch overlaps compute). Results are merged, keyed by the config string, into
 ``<out>/train_step-<device kind>-<YYYY-MM-DD>.json`` with the machine (:func:`mmjax.bench.machine.machine`);
 ``--out`` defaults to ``benchmarks/results`` relative to the current working directory (created if missing).
-Each result states its sizes (input shapes, ``model.kwargs``, compute dtype) and, beside FLOP/s,
+Each result states its sizes (input shapes, ``model.kwargs``, compute dtype from ``config.precision``,
+``config.remat``) and, beside FLOP/s,
 ``tflops_per_device`` and ``mfu`` (over the device's dense peak for the compute dtype; None on the CPU).
 """
 
@@ -40,35 +41,14 @@ def _cost(compiled) -> dict:
           "bytes_accessed": float(nbytes) if nbytes is not None and nbytes > 0 else None}
 
 
-# Spellings of a compute dtype accepted besides JAX's own names (``--config.model.kwargs.dtype=bf16``).
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
-                 "fp32": "float32", "f32": "float32", "float": "float32"}
-
-
 def compute_dtype(config) -> str | None:
-  """The model's compute dtype as a JAX name (``"bfloat16"``), or None for a model without a ``dtype``
-  field. A string set by an override is checked and rewritten in ``config`` to that canonical name, so the
-  model receives a name JAX parses (``bf16`` -> ``bfloat16``); an unknown name is a config error."""
-  import jax.numpy as jnp
-
+  """The model's compute dtype as a JAX name: ``config.precision`` (validated, so ``bf16`` has become
+  ``"bfloat16"``), or None for a model without a ``dtype`` field."""
   from mmjax import models
-  from mmjax.errors import ConfigError
 
-  fields = models.fields(config.model.name)
-  if "dtype" not in fields:
+  if "dtype" not in models.fields(config.model.name):
     return None
-  value = config.model.kwargs.get("dtype", fields["dtype"])
-  if isinstance(value, str):
-    name = DTYPE_ALIASES.get(value.strip().lower(), value.strip())
-    try:
-      canonical = jnp.dtype(name).name
-    except TypeError:
-      raise ConfigError(f"model.kwargs.dtype {value!r} is not a dtype; use bfloat16, float16 or float32 "
-                        "(e.g. --config.model.kwargs.dtype=bfloat16)") from None
-    if canonical != value:
-      config.model.kwargs.dtype = canonical
-    return canonical
-  return jnp.dtype(value).name
+  return config.precision
 
 
 def _jsonable(value):
@@ -102,10 +82,10 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
 
   from mmjax import flops
   from mmjax.data import pipeline
-  from mmjax.train.run import build_run, count_params, make_global_batch
+  from mmjax.train.run import build_run, count_params, make_global_batch, model_kwargs
   from mmjax.train.step import jit_train_step
 
-  dtype = compute_dtype(config)  # before the model is built: a dtype override becomes a name JAX parses
+  dtype = compute_dtype(config)
   with tempfile.TemporaryDirectory() as workdir:  # build_run opens a checkpoint directory; nothing is saved
     run = build_run(config, workdir)
     state = run.init()
@@ -160,7 +140,9 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
       "compute_dtype": dtype,
       "input_shapes": inputs,  # the global batch the step ran on
       "max_lengths": _jsonable(dict(config.data.max_lengths)),
-      "model_kwargs": _jsonable(config.model.kwargs.to_dict()),
+      "model_kwargs": _jsonable(model_kwargs(config)),  # with dtype (precision) and remat as built
+      "precision": config.precision,
+      "remat": config.remat,
       "mesh": dict(run.mesh.shape),
       "steps": steps,
       "warmup": warmup,

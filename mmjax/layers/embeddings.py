@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.layers import axes
+
 
 def sinusoidal_positions(length: int, width: int, *, max_timescale: float = 10_000.0) -> np.ndarray:
   """Sinusoidal position table ``[length, width]`` (Vaswani et al., 2017, sec. 3.5).
@@ -49,9 +51,9 @@ class SequenceEmbed(nn.Module):
     if jnp.issubdtype(x.dtype, jnp.integer):
       if self.vocab_size <= 0:
         raise ValueError("token inputs need SequenceEmbed.vocab_size > 0 (set the model's vocab_size)")
-      h = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="tokens")(x)
+      h = axes.embed(self.vocab_size, self.width, dtype=self.dtype, name="tokens")(x)
     else:
       if x.ndim != 3:
         raise ValueError(f"feature inputs must be [B, T, F]; got shape {x.shape}")
-      h = nn.Dense(self.width, dtype=self.dtype, name="proj")(x)
+      h = axes.dense(self.width, ("features", "embed"), dtype=self.dtype, name="proj")(x)
     return h + sinusoidal_positions(h.shape[1], self.width).astype(h.dtype)[None]

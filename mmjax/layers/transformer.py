@@ -1,6 +1,10 @@
 """Pre-LayerNorm transformer layers: self-attention and cross-modal (queries from one modality,
 keys/values from another), following Vaswani et al. (2017) with the pre-LN placement of
-Xiong et al. (2020)."""
+Xiong et al. (2020).
+
+Compute runs in the modules' ``dtype`` (bfloat16 under ``config.precision = "bfloat16"``); parameters stay
+float32, attention softmax and LayerNorm statistics are computed in float32. :class:`Encoder` can
+rematerialise each layer in the backward pass (``remat``, :mod:`mmjax.layers.remat`)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers import axes
 from mmjax.layers.attention import dot_product_attention
+from mmjax.layers.remat import remat
 
 
 def key_padding_mask(mask: jax.Array | None) -> jax.Array | None:
@@ -32,7 +38,8 @@ class MultiHeadAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head = width // self.num_heads
-    dense = lambda name: nn.DenseGeneral((self.num_heads, head), dtype=self.dtype, name=name)  # noqa: E731
+    dense = lambda name: axes.dense_general(  # noqa: E731
+        (self.num_heads, head), ("embed", "heads", "kv"), dtype=self.dtype, name=name)
     q, k, v = dense("query")(x_q), dense("key")(x_kv), dense("value")(x_kv)
     rate = self.dropout if train else 0.0
     out = dot_product_attention(
@@ -40,7 +47,8 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=self.make_rng("dropout") if rate > 0 else None,
         implementation=self.attention,
     )
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    proj = axes.dense_general(width, ("heads", "kv", "embed"), axis=(-2, -1), dtype=self.dtype, name="out")
+    return proj(out)
 
 
 class EncoderLayer(nn.Module):
@@ -55,17 +63,25 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, context=None, *, mask=None, causal=False, train: bool):
-    h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
-    ctx = h if context is None else nn.LayerNorm(dtype=self.dtype, name="ln_context")(context)
+    h = axes.layer_norm(dtype=self.dtype, name="ln_attn")(x)
+    ctx = h if context is None else axes.layer_norm(dtype=self.dtype, name="ln_context")(context)
     h = MultiHeadAttention(
         self.num_heads, self.attention_dropout, self.attention, self.dtype, name="attn"
     )(h, ctx, mask=mask, causal=causal, train=train)
     x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
-    h = nn.Dense(self.mlp_ratio * x.shape[-1], dtype=self.dtype, name="fc1")(h)
+    h = axes.layer_norm(dtype=self.dtype, name="ln_mlp")(x)
+    h = axes.dense(self.mlp_ratio * x.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="fc1")(h)
     h = nn.Dropout(self.dropout)(nn.relu(h), deterministic=not train)
-    h = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+    h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
     return x + nn.Dropout(self.dropout)(h, deterministic=not train)
+
+
+class _PositionalEncoderLayer(EncoderLayer):
+  """:class:`EncoderLayer` called with positional arguments only, as ``nn.remat`` needs (``causal`` and
+  ``train``, arguments 4 and 5 counting ``self``, are static)."""
+
+  def __call__(self, x, context, mask, causal, train):
+    return super().__call__(x, context, mask=mask, causal=causal, train=train)
 
 
 class Encoder(nn.Module):
@@ -81,13 +97,15 @@ class Encoder(nn.Module):
   attention_dropout: float = 0.0
   attention: str = "xla"
   dtype: Any = jnp.float32
+  remat: str = "none"  # or "full", or a jax.checkpoint_policies name (mmjax.layers.remat.MODES)
 
   @nn.compact
   def __call__(self, x, context=None, *, mask=None, causal=False, train: bool):
     attn_mask = key_padding_mask(mask)
+    layer = remat(_PositionalEncoderLayer, self.remat, static_argnums=(4, 5))
     for i in range(self.num_layers):
-      x = EncoderLayer(
+      x = layer(
           self.num_heads, self.mlp_ratio, self.dropout, self.attention_dropout, self.attention,
           self.dtype, name=f"layer_{i}",
-      )(x, context, mask=attn_mask, causal=causal, train=train)
-    return nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+      )(x, context, attn_mask, causal, train)
+    return axes.layer_norm(dtype=self.dtype, name="ln_final")(x)

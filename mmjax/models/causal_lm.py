@@ -32,10 +32,12 @@ class CausalLM(nn.Module):
   bos_id: int = 2  # "<bos>" of the digits captions vocabulary; GPT-2's is 50256 (<|endoftext|>)
   text_key: str = "caption_tokens"
   attention: str = "xla"
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each GPT-2 block (config.remat; mmjax.layers.remat)
 
   def setup(self):
-    self.language_model = GPT2(self.lm, self.attention, self.dtype, name="lm")  # parameters under "lm"
+    # parameters under "lm"
+    self.language_model = GPT2(self.lm, self.attention, self.dtype, self.remat, name="lm")
 
   def embed_interleaved(self, images, tokens, slots, kinds):
     """Text-only counterpart of :meth:`~mmjax.models.frozen.Frozen.embed_interleaved`: ``(embeddings

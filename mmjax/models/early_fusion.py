@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.layers import Encoder, SequenceEmbed, masked_mean
+from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.late_fusion import modality_inputs
 from mmjax.models.registry import register
@@ -34,7 +34,8 @@ class EarlyFusion(nn.Module):
   mlp_ratio: int = 2
   dropout: float = 0.1
   attention: str = "xla"
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each encoder layer (config.remat; mmjax.layers.remat)
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
@@ -42,7 +43,8 @@ class EarlyFusion(nn.Module):
       raise ValueError("EarlyFusion needs at least one modality")
     check_modalities(batch, self.modalities, model_name="early_fusion", vocab_size=self.vocab_size)
     type_embed = self.param(
-        "modality_type", nn.initializers.normal(0.02), (len(self.modalities), self.width)
+        "modality_type", axes.logical(nn.initializers.normal(0.02), ("features", "embed")),
+        (len(self.modalities), self.width)
     )
     seqs, masks = [], []
     for i, m in enumerate(self.modalities):
@@ -55,10 +57,10 @@ class EarlyFusion(nn.Module):
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = Encoder(
         self.num_layers, self.num_heads, self.mlp_ratio, self.dropout, 0.0, self.attention,
-        self.dtype, name="encoder",
+        self.dtype, self.remat, name="encoder",
     )(h, mask=mask, train=train)
     z = masked_mean(h, mask)
-    h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="head_hidden")(z))
+    h = nn.relu(axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="head_hidden")(z))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head_out")(h)
+    logits = axes.dense(self.num_classes, ("mlp", "features"), dtype=self.dtype, name="head_out")(h)
     return logits.astype(jnp.float32), {"fused": z}

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers import axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.gpt2 import GPT2, GPT2Config
 from mmjax.models.registry import register
@@ -50,15 +51,15 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     groups = min(self.groups, x.shape[-1])
-    h = nn.relu(nn.GroupNorm(num_groups=groups, dtype=self.dtype, name="norm1")(x))
+    h = nn.relu(axes.group_norm(groups, dtype=self.dtype, name="norm1")(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.width:
-      shortcut = nn.Conv(self.width, (1, 1), (self.stride, self.stride), use_bias=False, dtype=self.dtype,
-                         name="project")(h)
-    h = nn.Conv(self.width, (3, 3), (self.stride, self.stride), use_bias=False, dtype=self.dtype,
-                name="conv1")(h)
-    h = nn.relu(nn.GroupNorm(num_groups=min(self.groups, self.width), dtype=self.dtype, name="norm2")(h))
-    h = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(h)
+      shortcut = axes.conv(self.width, (1, 1), strides=(self.stride, self.stride), use_bias=False,
+                           dtype=self.dtype, name="project")(h)
+    h = axes.conv(self.width, (3, 3), strides=(self.stride, self.stride), use_bias=False, dtype=self.dtype,
+                  name="conv1")(h)
+    h = nn.relu(axes.group_norm(min(self.groups, self.width), dtype=self.dtype, name="norm2")(h))
+    h = axes.conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(h)
     return shortcut + h
 
 
@@ -93,21 +94,24 @@ class VisionEncoder(nn.Module):
       x = x[..., None]
     if x.ndim != 4:
       raise ValueError(f"images must be [B, H, W] or [B, H, W, C]; got shape {images.shape}")
-    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, dtype=self.dtype, name="stem")(x)
+    x = axes.conv(self.widths[0], (3, 3), axes=("features", "conv_out"), use_bias=False, dtype=self.dtype,
+                  name="stem")(x)
     for s, width in enumerate(self.widths):
       for b in range(self.blocks):
         stride = 2 if (s > 0 and b == 0) else 1
         x = ResidualBlock(width, stride, dtype=self.dtype, name=f"stage{s}_block{b}")(x)
-    x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]), dtype=self.dtype, name="norm")(x))
+    x = nn.relu(axes.group_norm(min(8, x.shape[-1]), dtype=self.dtype, name="norm")(x))
     x = x.mean(axis=(1, 2))
     if self.head == "linear":
-      x = nn.Dense(self.num_prefix * self.embed_dim, dtype=self.dtype, name="to_prefix")(x)
+      x = axes.dense(self.num_prefix * self.embed_dim, ("conv_in", "embed"), dtype=self.dtype,
+                     name="to_prefix")(x)
       return x.reshape(x.shape[0], self.num_prefix, self.embed_dim)
     if self.head not in PREFIX_HEADS:
       raise ValueError(f"unknown prefix head {self.head!r}; available: {PREFIX_HEADS}")
     if table is None or table.shape[-1] != self.embed_dim:
       raise ValueError(f"the {self.head} prefix head needs the [V, {self.embed_dim}] token embeddings")
-    logits = nn.Dense(self.num_prefix * table.shape[0], dtype=self.dtype, name="to_vocab")(x)
+    logits = axes.dense(self.num_prefix * table.shape[0], ("conv_in", "vocab"), dtype=self.dtype,
+                        name="to_vocab")(x)
     probs = jax.nn.softmax(logits.reshape(x.shape[0], self.num_prefix, table.shape[0]).astype(jnp.float32))
     return jnp.einsum("bnv,vd->bnd", probs, table.astype(jnp.float32)).astype(self.dtype)
 
@@ -143,10 +147,12 @@ class Frozen(nn.Module):
   image_key: str = "image"
   text_key: str = "caption_tokens"
   attention: str = "xla"
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each GPT-2 block (config.remat; mmjax.layers.remat)
 
   def setup(self):
-    self.language_model = GPT2(self.lm, self.attention, self.dtype, name="lm")  # parameters under "lm"
+    # parameters under "lm"
+    self.language_model = GPT2(self.lm, self.attention, self.dtype, self.remat, name="lm")
     self.vision = VisionEncoder(self.lm.n_embd, self.num_prefix, tuple(self.vision_widths),
                                 self.vision_blocks, self.prefix_head, self.dtype)
 

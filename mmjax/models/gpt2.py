@@ -21,8 +21,8 @@ Parameter layout (names follow the Hugging Face checkpoint; ``h_{i}`` is ``h.{i}
 [V, D]``, ``wpe/embedding [P, D]``, ``h_{i}/ln_1``, ``h_{i}/attn/c_attn/kernel [D, 3, H, Dh]`` (the
 checkpoint's Conv1D weight ``[D, 3D]``, which is ``[in, out]`` like a Dense kernel, reshaped: columns are
 ``q|k|v``, each ``H`` heads of ``Dh``), ``h_{i}/attn/c_proj/kernel [H, Dh, D]``, ``h_{i}/ln_2``,
-``h_{i}/mlp/c_fc/kernel [D, 4D]``, ``h_{i}/mlp/c_proj/kernel [4D, D]``, ``ln_f``. The big kernels carry
-logical axis names for :mod:`mmjax.train.mesh` (``vocab``, ``embed``, ``heads``, ``mlp``).
+``h_{i}/mlp/c_fc/kernel [D, 4D]``, ``h_{i}/mlp/c_proj/kernel [4D, D]``, ``ln_f``. Every parameter carries
+logical axis names for :mod:`mmjax.train.mesh` (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``norm``).
 
 Entry points beyond ``__call__``: :meth:`GPT2.embed` (token embeddings, to build sequences that interleave
 a vision prefix and text, as Frozen does), :meth:`GPT2.hidden_states`, :meth:`GPT2.logits`,
@@ -51,7 +51,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers import axes
 from mmjax.layers.attention import dot_product_attention
+from mmjax.layers.remat import remat
 
 # Activation names of the Hugging Face config; "gelu_new" is GPT-2's (the tanh approximation of GELU).
 ACTIVATIONS = {
@@ -119,11 +121,11 @@ _MASK_KERNELS = ("xla", "jax", "chunked", "auto")
 
 
 def _layer_norm(eps, dtype, name):
-  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+  return axes.layer_norm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def _init(std, names):
-  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+  return axes.logical(nn.initializers.normal(std), names)
 
 
 class KVCache(NamedTuple):
@@ -151,9 +153,9 @@ class GPT2Attention(nn.Module):
     cfg = self.config
     d = x.shape[-1]
     hd = d // cfg.n_head
-    qkv = nn.DenseGeneral(
-        (3, cfg.n_head, hd), dtype=self.dtype, name="c_attn",
-        kernel_init=_init(0.02, ("embed", None, "heads", None)),
+    qkv = axes.dense_general(
+        (3, cfg.n_head, hd), ("embed", None, "heads", "kv"), dtype=self.dtype, name="c_attn",
+        kernel_init=nn.initializers.normal(0.02),
     )(x)  # [B, T, 3, H, Dh]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     new_cache = None
@@ -170,9 +172,9 @@ class GPT2Attention(nn.Module):
         q, k, v, mask=mask, causal=causal, dropout_rate=rate,
         dropout_rng=self.make_rng("dropout") if rate > 0 else None, implementation=impl,
     )
-    out = nn.DenseGeneral(
-        d, axis=(-2, -1), dtype=self.dtype, name="c_proj",
-        kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("heads", None, "embed")),
+    out = axes.dense_general(
+        d, ("heads", "kv", "embed"), axis=(-2, -1), dtype=self.dtype, name="c_proj",
+        kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)),
     )(out)
     return nn.Dropout(cfg.resid_pdrop)(out, deterministic=not train), new_cache
 
@@ -187,10 +189,11 @@ class GPT2MLP(nn.Module):
   def __call__(self, x, *, train: bool):
     """``x [B, T, D]`` -> ``[B, T, D]``."""
     cfg = self.config
-    h = nn.Dense(cfg.mlp_width, dtype=self.dtype, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")))(x)
+    h = axes.dense(cfg.mlp_width, ("embed", "mlp"), dtype=self.dtype, name="c_fc",
+                   kernel_init=nn.initializers.normal(0.02))(x)
     h = ACTIVATIONS[cfg.activation_function](h)
-    h = nn.Dense(x.shape[-1], dtype=self.dtype, name="c_proj",
-                 kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")))(h)
+    h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="c_proj",
+                   kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)))(h)
     return nn.Dropout(cfg.resid_pdrop)(h, deterministic=not train)
 
 
@@ -214,6 +217,15 @@ class GPT2Block(nn.Module):
     return x + h, new_cache
 
 
+class _PositionalGPT2Block(GPT2Block):
+  """:class:`GPT2Block` called with positional arguments only, as ``nn.remat`` needs (``causal`` and
+  ``train``, arguments 3 and 6 counting ``self``, are static)."""
+
+  def __call__(self, x, mask, causal, kv_cache, cache_index, train):
+    return super().__call__(x, mask=mask, causal=causal, kv_cache=kv_cache, cache_index=cache_index,
+                            train=train)
+
+
 class GPT2(nn.Module):
   """GPT-2 language model (Radford et al., 2019) of shape ``config`` (default: the 124M "gpt2").
 
@@ -226,14 +238,16 @@ class GPT2(nn.Module):
   # ("cudnn"/"pallas" serve calls without attention_mask and cache, e.g. right-padded training batches;
   # masked calls and decoding fall back to "xla")
   dtype: Any = jnp.float32  # compute dtype; parameters are float32
+  remat: str = "none"  # rematerialise each block in the backward pass (mmjax.layers.remat.MODES)
 
   def setup(self):
     cfg = self.config
     self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=self.dtype,
                         embedding_init=_init(0.02, ("vocab", "embed")))
     self.wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=self.dtype,
-                        embedding_init=_init(0.02, (None, "embed")))
-    self.h = [GPT2Block(cfg, self.attention, self.dtype) for _ in range(cfg.n_layer)]
+                        embedding_init=_init(0.02, ("features", "embed")))
+    block = remat(_PositionalGPT2Block, self.remat, static_argnums=(3, 6))
+    self.h = [block(cfg, self.attention, self.dtype) for _ in range(cfg.n_layer)]
     self.ln_f = _layer_norm(cfg.layer_norm_epsilon, self.dtype, "ln_f")
     self.drop = nn.Dropout(cfg.embd_pdrop)
 
@@ -317,7 +331,7 @@ class GPT2(nn.Module):
       layer_caches = list(zip(cache.keys, cache.values, strict=True))
     new = []
     for block, kv in zip(self.h, layer_caches, strict=True):
-      x, kv = block(x, mask=mask, causal=causal, kv_cache=kv, cache_index=cache_index, train=train)
+      x, kv = block(x, mask, causal, kv, cache_index, train)
       new.append(kv)
     x = self.ln_f(x)
     if cache is None:

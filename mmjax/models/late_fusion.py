@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.layers import Encoder, SequenceEmbed, masked_mean
+from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.registry import register
 
@@ -42,7 +42,8 @@ class LateFusion(nn.Module):
   mlp_ratio: int = 2
   dropout: float = 0.1
   attention: str = "xla"  # attention kernel, see mmjax.layers.attention
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each encoder layer (config.remat; mmjax.layers.remat)
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
@@ -56,11 +57,11 @@ class LateFusion(nn.Module):
       h = nn.Dropout(self.dropout)(h, deterministic=not train)
       h = Encoder(
           self.num_layers, self.num_heads, self.mlp_ratio, self.dropout, 0.0, self.attention,
-          self.dtype, name=f"{m}_encoder",
+          self.dtype, self.remat, name=f"{m}_encoder",
       )(h, mask=mask, train=train)
       pooled.append(masked_mean(h, mask))
     z = jnp.concatenate(pooled, axis=-1)  # [B, M * width]
-    h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="head_hidden")(z))
+    h = nn.relu(axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="head_hidden")(z))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head_out")(h)
+    logits = axes.dense(self.num_classes, ("mlp", "features"), dtype=self.dtype, name="head_out")(h)
     return logits.astype(jnp.float32), {"fused": z}

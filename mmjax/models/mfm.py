@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.layers import axes
 from mmjax.models import vae_common as vc
 from mmjax.models.registry import register
 
@@ -48,8 +49,8 @@ class _MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x))
-    return nn.Dense(self.out, dtype=self.dtype, name="out")(x)
+    x = nn.relu(axes.dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="hidden")(x))
+    return axes.dense(self.out, ("mlp", "embed"), dtype=self.dtype, name="out")(x)
 
 
 @register("mfm")
@@ -72,7 +73,8 @@ class MFM(nn.Module):
   surrogate_weight: float = 1.0
   surrogate_drop: float = 0.5  # in training, each other modality is hidden from a surrogate with this rate
   attention: str = "xla"
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each encoder layer (config.remat; mmjax.layers.remat)
 
   def setup(self):
     if not self.modalities:
@@ -83,7 +85,7 @@ class MFM(nn.Module):
     self.encoders, self.decoders = vc.modality_codecs(self)
     self.private_heads = {m: _MLP(self.width, out, self.dtype) for m in self.modalities}
     self.surrogates = {m: _MLP(self.width, self.width, self.dtype) for m in self.modalities}
-    self.fusion = nn.Dense(self.width, dtype=self.dtype)
+    self.fusion = axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype)
     self.shared_head = _MLP(self.width, out, self.dtype)
     self.classifier = _MLP(self.width, self.num_classes, self.dtype)
 

@@ -55,9 +55,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.errors import InputError
+from mmjax.layers import axes
 from mmjax.layers.attention import causal_mask, dot_product_attention
 from mmjax.layers.embeddings import sinusoidal_positions
 from mmjax.layers.inputs import check_modalities, shape_str
+from mmjax.layers.remat import remat
 from mmjax.models.registry import register
 
 _LETTERS = ("l", "a", "v")
@@ -76,7 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _layer_norm(dtype, name):
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+  return axes.layer_norm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def mult_attention_mask(q_valid, k_valid, q_len: int, k_len: int, offset_mask: bool):
@@ -128,15 +130,16 @@ class MulTAttention(nn.Module):
       raise ValueError(f"MulT width {w} is not divisible by num_heads {self.num_heads}")
     hd = w // self.num_heads
     split = lambda t: t.reshape(*t.shape[:2], self.num_heads, hd)  # [B, L, H, hd]
-    q = split(nn.Dense(w, dtype=self.dtype, name="q_proj")(x_q))
-    k = split(nn.Dense(w, dtype=self.dtype, name="k_proj")(x_k))
-    v = split(nn.Dense(w, dtype=self.dtype, name="v_proj")(x_v))
+    # [w, w] kernels whose output columns are heads x head width (split below): "heads" on the columns
+    proj = lambda name: axes.dense(w, ("embed", "heads"), dtype=self.dtype, name=name)  # noqa: E731
+    q, k, v = split(proj("q_proj")(x_q)), split(proj("k_proj")(x_k)), split(proj("v_proj")(x_v))
     rate = self.dropout if train else 0.0
     out = dot_product_attention(
         q, k, v, mask=mask, scale=hd ** -0.5, dropout_rate=rate,
         dropout_rng=self.make_rng("dropout") if rate > 0 else None, implementation=self.attention,
     )
-    return nn.Dense(w, dtype=self.dtype, name="out_proj")(out.reshape(*out.shape[:2], w))
+    out = out.reshape(*out.shape[:2], w)
+    return axes.dense(w, ("heads", "embed"), dtype=self.dtype, name="out_proj")(out)
 
 
 class MulTLayer(nn.Module):
@@ -168,8 +171,9 @@ class MulTLayer(nn.Module):
         h, k, v, mask=mask, train=not self.deterministic)
     x = x + drop(self.res_dropout, h)
     h = _layer_norm(self.dtype, "ln1")(x)
-    h = drop(self.relu_dropout, nn.relu(nn.Dense(4 * x.shape[-1], dtype=self.dtype, name="fc1")(h)))
-    h = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+    h = drop(self.relu_dropout, nn.relu(axes.dense(4 * x.shape[-1], ("embed", "mlp"), dtype=self.dtype,
+                                                   name="fc1")(h)))
+    h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
     return x + drop(self.res_dropout, h), None
 
 
@@ -177,7 +181,8 @@ class MulTEncoder(nn.Module):
   """MulT's TransformerEncoder: scaled input + positions, embed dropout, layers, final LayerNorm.
 
   ``x [B, Lq, w]`` (mask ``x_mask [B, Lq]``); ``x_kv [B, Lk, w]`` (mask ``kv_mask``) makes it crossmodal.
-  The layers run under ``nn.scan`` (parameters stacked on a leading layer axis; one compiled body).
+  The layers run under ``nn.scan`` (parameters stacked on a leading layer axis; one compiled body), each
+  rematerialised in the backward pass as ``remat`` says (:mod:`mmjax.layers.remat`).
   """
 
   num_layers: int
@@ -190,6 +195,7 @@ class MulTEncoder(nn.Module):
   positional_padding_quirk: bool = True
   attention: str = "xla"
   dtype: Any = jnp.float32
+  remat: str = "none"  # or "full", or a jax.checkpoint_policies name (mmjax.layers.remat.MODES)
 
   def _embed(self, x, valid):
     w = x.shape[-1]
@@ -210,8 +216,10 @@ class MulTEncoder(nn.Module):
     else:
       mask = mult_attention_mask(x_mask, x_mask, x.shape[1], x.shape[1], self.attn_mask)
     layers = nn.scan(
-        MulTLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        remat(MulTLayer, self.remat), variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
     )(self.num_heads, self.attn_dropout, self.relu_dropout, self.res_dropout, not train, self.attention,
       self.dtype, name="layers")
     h, _ = layers(h, kv, mask)
@@ -256,7 +264,8 @@ class MulT(nn.Module):
   text_vocab_size: int = 0  # > 0: text arrives as token ids, embedded first (not in the original)
   text_embed_dim: int = 300  # width of that token embedding (the original's GloVe vectors are 300-d)
   attention: str = "xla"  # attention kernel, see mmjax.layers.attention.IMPLEMENTATIONS
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each crossmodal / memory layer (config.remat; mmjax.layers.remat)
 
   def target_letters(self) -> tuple[str, ...]:
     """The targets as letters ``l``/``a``/``v`` in the original's order."""
@@ -290,15 +299,16 @@ class MulT(nn.Module):
             "model.kwargs.kernel_sizes"
         )
       if letter == "l" and jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
-        x = nn.Embed(self.text_vocab_size, self.text_embed_dim, dtype=self.dtype, name="text_embed")(x)
+        x = axes.embed(self.text_vocab_size, self.text_embed_dim, axes=("vocab", "features"),
+                       dtype=self.dtype, name="text_embed")(x)
       x = jnp.asarray(x, self.dtype)
       if valid is not None:
         valid = jnp.asarray(valid, bool)
         x = jnp.where(valid[..., None], x, 0)
       if letter == "l":
         x = nn.Dropout(self.embed_dropout)(x, deterministic=not train)
-      h = nn.Conv(self.width, (k,), padding="VALID", use_bias=False, dtype=self.dtype,
-                  name=f"proj_{letter}")(x)  # [B, T - k + 1, d]
+      h = axes.conv(self.width, (k,), axes=("features", "embed"), padding="VALID", use_bias=False,
+                    dtype=self.dtype, name=f"proj_{letter}")(x)  # [B, T - k + 1, d]
       if valid is not None:
         valid = _window_valid(valid, k)
         h = jnp.where(valid[..., None], h, 0)
@@ -306,7 +316,7 @@ class MulT(nn.Module):
 
     enc = lambda layers, attn_dropout, name: MulTEncoder(
         layers, self.num_heads, attn_dropout, self.relu_dropout, self.res_dropout, self.embed_dropout,
-        self.attn_mask, self.positional_padding_quirk, self.attention, self.dtype, name=name)
+        self.attn_mask, self.positional_padding_quirk, self.attention, self.dtype, self.remat, name=name)
     source_dropout = {"l": self.attn_dropout, "a": self.attn_dropout_a, "v": self.attn_dropout_v}
     lasts = []
     for t in self.target_letters():
@@ -322,8 +332,8 @@ class MulT(nn.Module):
       lasts.append(_last_valid(h, masks[t]))
     last_hs = jnp.concatenate(lasts, axis=-1)  # [B, n_targets * 2d]
     dim = last_hs.shape[-1]
-    h = nn.relu(nn.Dense(dim, dtype=self.dtype, name="proj1")(last_hs))
+    h = nn.relu(axes.dense(dim, ("embed", "mlp"), dtype=self.dtype, name="proj1")(last_hs))
     h = nn.Dropout(self.out_dropout)(h, deterministic=not train)
-    h = nn.Dense(dim, dtype=self.dtype, name="proj2")(h)
-    out = nn.Dense(self.output_dim, dtype=self.dtype, name="out_layer")(h + last_hs)
+    h = axes.dense(dim, ("mlp", "embed"), dtype=self.dtype, name="proj2")(h)
+    out = axes.dense(self.output_dim, ("embed", "features"), dtype=self.dtype, name="out_layer")(h + last_hs)
     return out.astype(jnp.float32), {"last_hs": last_hs.astype(jnp.float32)}

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.errors import InputError
-from mmjax.layers import Encoder, SequenceEmbed, masked_mean, sinusoidal_positions
+from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean, sinusoidal_positions
 from mmjax.layers.inputs import check_modalities, shape_str
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -165,16 +165,17 @@ class ModalityEncoder(nn.Module):
   dropout: float = 0.0
   attention: str = "xla"
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, mask=None, *, train: bool):
     if self.kind == "image":
       h = x.reshape(x.shape[0], -1).astype(self.dtype)
-      h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="hidden")(h))
-      return nn.Dense(self.width, dtype=self.dtype, name="out")(h)
+      h = nn.relu(axes.dense(self.width, ("features", "mlp"), dtype=self.dtype, name="hidden")(h))
+      return axes.dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="out")(h)
     h = SequenceEmbed(self.width, self.vocab_size, self.dtype, name="embed")(x)
     h = Encoder(self.num_layers, self.num_heads, 2, self.dropout, 0.0, self.attention, self.dtype,
-                name="encoder")(h, mask=mask, train=train)
+                self.remat, name="encoder")(h, mask=mask, train=train)
     return masked_mean(h, mask)
 
 
@@ -197,21 +198,23 @@ class ModalityDecoder(nn.Module):
   def __call__(self, z, like):
     shape, dtype = (like.shape, like.dtype) if hasattr(like, "shape") else like
     shape = tuple(shape)
-    h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="latent")(z))
+    h = nn.relu(axes.dense(self.width, ("features", "embed"), dtype=self.dtype, name="latent")(z))
     if self.kind == "image":
-      h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="hidden")(h))
-      out = nn.Dense(shape[1] * shape[2], dtype=self.dtype, name="out")(h)
+      h = nn.relu(axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="hidden")(h))
+      out = axes.dense(shape[1] * shape[2], ("mlp", "features"), dtype=self.dtype, name="out")(h)
       return jax.nn.sigmoid(out.astype(jnp.float32)).reshape(*z.shape[:-1], shape[1], shape[2])
     length = shape[1]
-    pos = nn.Dense(self.width, dtype=self.dtype, name="positions")(
+    pos = axes.dense(self.width, ("features", "embed"), dtype=self.dtype, name="positions")(
         sinusoidal_positions(length, self.width).astype(self.dtype))  # [T, width]
     h = nn.relu(h[..., None, :] + pos)  # [..., T, width]
-    h = nn.relu(nn.Dense(self.width, dtype=self.dtype, name="hidden")(h))
+    h = nn.relu(axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="hidden")(h))
     if jnp.issubdtype(dtype, jnp.integer):
       if self.vocab_size <= 0:
         raise ValueError("token modalities need vocab_size > 0 (set the model's vocab_size)")
-      return nn.Dense(self.vocab_size, dtype=self.dtype, name="out")(h).astype(jnp.float32)
-    return nn.Dense(shape[2], dtype=self.dtype, name="out")(h).astype(jnp.float32)
+      out = axes.dense(self.vocab_size, ("mlp", "vocab"), dtype=self.dtype, name="out")(h)
+    else:
+      out = axes.dense(shape[2], ("mlp", "features"), dtype=self.dtype, name="out")(h)
+    return out.astype(jnp.float32)
 
 
 class GaussianHead(nn.Module):
@@ -223,9 +226,9 @@ class GaussianHead(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(h))
-    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype, name="out")(h).astype(jnp.float32)
-    mu, logvar = jnp.split(out, 2, axis=-1)
+    h = nn.relu(axes.dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="hidden")(h))
+    out = axes.dense(2 * self.latent_dim, ("mlp", "features"), dtype=self.dtype, name="out")(h)
+    mu, logvar = jnp.split(out.astype(jnp.float32), 2, axis=-1)
     return mu, jnp.clip(logvar, *LOGVAR_RANGE)
 
 
@@ -290,13 +293,14 @@ def modality_batch(batch: dict, modality: str):
 def modality_codecs(model) -> tuple[dict, dict]:
   """``({m: ModalityEncoder}, {m: ModalityDecoder})`` for a model's ``modalities``, built from its fields
   (``width``, ``vocab_size``, ``num_layers``, ``num_heads``, ``dropout``, ``attention``, ``dtype``,
-  ``image_modalities``); call it inside the model's ``setup``."""
+  ``remat``, ``image_modalities``); call it inside the model's ``setup``."""
   common = dict(width=model.width, vocab_size=model.vocab_size, dtype=model.dtype)
   encoders, decoders = {}, {}
   for m in model.modalities:
     kind = modality_kind(m, model.image_modalities)
     encoders[m] = ModalityEncoder(kind=kind, num_layers=model.num_layers, num_heads=model.num_heads,
-                                  dropout=model.dropout, attention=model.attention, **common)
+                                  dropout=model.dropout, attention=model.attention, remat=model.remat,
+                                  **common)
     decoders[m] = ModalityDecoder(kind=kind, **common)
   return encoders, decoders
 
@@ -320,7 +324,8 @@ class MultimodalVAE(nn.Module):
   beta: float = 1.0  # weight of the KL / log-ratio term
   probe_weight: float = 1.0
   attention: str = "xla"
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
+  remat: str = "none"  # rematerialise each encoder layer (config.remat; mmjax.layers.remat)
 
   def setup(self):
     if not self.modalities:
@@ -328,7 +333,7 @@ class MultimodalVAE(nn.Module):
     self.encoders, self.decoders = modality_codecs(self)
     self.heads = {m: GaussianHead(self.latent_dim, self.width, self.dtype) for m in self.modalities}
     if self.num_classes:
-      self.probe = nn.Dense(self.num_classes, dtype=self.dtype)
+      self.probe = axes.dense(self.num_classes, (None, "features"), dtype=self.dtype)
 
   def encode(self, batch: dict, *, train: bool = False):
     """Unimodal posteriors: ``(mus, logvars) [M, B, Z]`` in the order of ``modalities``."""

@@ -120,7 +120,7 @@ class VAE:
     reg_total = 0.0
     for name, (pred, target, w) in aux.get("regression", {}).items():
       w = w.astype(jnp.float32)
-      err = ((pred - target) ** 2).mean(-1)
+      err = ((pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2).mean(-1)
       r = (err * w).sum() / jnp.maximum(w.sum(), 1.0)
       scalars[f"regression/{name}"] = r
       reg_total = reg_total + r

@@ -1,9 +1,25 @@
 """Device mesh and sharding rules; multi-host initialisation.
 
 The mesh has three named axes, ``("data", "fsdp", "tensor")``. The batch is split over ``data`` and
-``fsdp``; parameters annotated with logical axis names (``nn.with_logical_partitioning``) are placed by
-:data:`DEFAULT_RULES` (``embed`` over ``fsdp``, ``mlp``/``heads``/``vocab`` over ``tensor``); parameters
-without annotations are replicated. The same code runs on one CPU and on a multi-host pod.
+``fsdp``. Every parameter of every model carries logical axis names (``nn.with_logical_partitioning``, in
+the style of MaxText and flax's lm1b); the rules that map them to mesh axes live in the config
+(``config.mesh.rules``, defaults :data:`DEFAULT_RULES`, the only place they are written). The logical names
+(:data:`LOGICAL_AXES`):
+
+* ``embed``: the model width (residual stream, embedding columns) -> ``fsdp``
+* ``mlp``: hidden width of feed-forward layers and MLP heads -> ``tensor``
+* ``heads``: attention heads -> ``tensor``
+* ``kv``: width of one attention head -> replicated
+* ``vocab``: rows of a token vocabulary -> ``tensor``
+* ``features``: a width set by the data or the task (input features, a flattened image, a latent, the
+  classes) -> replicated
+* ``conv_in`` / ``conv_out``: input / output channels of a convolution -> ``fsdp`` / ``tensor``
+* ``norm``: scale and bias of a LayerNorm / GroupNorm -> replicated
+* ``layers``: the stacked layer axis of a scanned stack (``nn.scan``) -> replicated
+
+A dimension that its mesh axes do not divide (a head count of 4 on ``tensor = 8``, 10 classes) stays
+replicated: sharding is an optimisation and never changes results, so small test configs run on any mesh.
+The same code runs on one CPU and on a multi-host pod.
 """
 
 from __future__ import annotations
@@ -21,13 +37,41 @@ from mmjax.errors import UserError
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-DEFAULT_RULES = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-)
+# Logical axis name -> mesh axes, comma-separated ("" = replicated): the defaults of config.mesh.rules.
+DEFAULT_RULES = {
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv": "",
+    "vocab": "tensor",
+    "features": "",
+    "conv_in": "fsdp",
+    "conv_out": "tensor",
+    "norm": "",
+    "layers": "",
+}
+LOGICAL_AXES = tuple(DEFAULT_RULES)
+
+
+def parse_rules(rules=None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+  """``{logical: "mesh_axis[,mesh_axis]"}`` (a config's ``mesh.rules``; missing names take
+  :data:`DEFAULT_RULES`) -> flax's rule list ``((logical, (mesh_axes...)), ...)``, replicated names left
+  out. Unknown names are a ``ValueError`` (the config validation reports them as a ``ConfigError``)."""
+  merged = dict(DEFAULT_RULES)
+  merged.update(dict(rules or {}))
+  out = []
+  for logical, value in merged.items():
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f"unknown logical axis {logical!r}; logical axes are {LOGICAL_AXES}")
+    axes = tuple(a.strip() for a in str(value or "").split(",") if a.strip())
+    unknown = [a for a in axes if a not in AXES]
+    if unknown:
+      raise ValueError(f"logical axis {logical!r} maps to unknown mesh axes {unknown}; mesh axes are {AXES}")
+    if len(set(axes)) != len(axes):
+      raise ValueError(f"logical axis {logical!r} names a mesh axis twice: {value!r}")
+    if axes:
+      out.append((logical, axes))
+  return tuple(out)
 
 
 def maybe_initialize_distributed(
@@ -117,10 +161,21 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
+def _divisible(spec: P, shape, mesh: Mesh) -> P:
+  """``spec`` with the mesh axes of every dimension they do not divide dropped (that dimension replicated)."""
+  dims = []
+  for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    dims.append(axes if names and shape[i] % size == 0 else None)
+  return P(*dims)
+
+
+def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=None):
   """``NamedSharding`` for every leaf of an abstract (``eval_shape``) tree that may hold flax
-  ``LogicallyPartitioned`` boxes; unannotated leaves are replicated. The result has the structure of
-  the *unboxed* tree."""
+  ``LogicallyPartitioned`` boxes, placed by ``rules`` (a config's ``mesh.rules`` mapping, see
+  :func:`parse_rules`; default :data:`DEFAULT_RULES`); unannotated leaves are replicated, and so is any
+  dimension its mesh axes do not divide. The result has the structure of the *unboxed* tree."""
   # Per leaf, not nn.get_partition_spec: optax keeps the boxes of masked parameters (frozen ones, or those
   # without weight decay) around an empty MaskedNode, which must stay an empty node, not become a leaf.
   def spec(x):
@@ -130,4 +185,7 @@ def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
 
   boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
   specs = jax.tree_util.tree_map(spec, boxed_abstract_tree, is_leaf=boxed)
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(parse_rules(rules)))
+  shapes = nn.unbox(boxed_abstract_tree)
+  return jax.tree_util.tree_map(
+      lambda sh, x: NamedSharding(mesh, _divisible(sh.spec, x.shape, mesh)), shardings, shapes)

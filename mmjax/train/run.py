@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,20 @@ def init_state(model, optimizer: Optimizer, example_batch: dict, seed: int,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(make_key(seed, prng_impl), 2)), ema_params=ema,
                     plateau=optimizer.plateau_init())
+
+
+def model_kwargs(config) -> dict:
+  """``config.model.kwargs`` plus the engine-wide model settings the model has fields for: ``dtype`` from
+  ``config.precision`` (the compute dtype; parameters stay float32) and ``remat`` from ``config.remat``.
+  They are not part of the checkpoint's identity: a run trained in float32 restores in bfloat16, with or
+  without rematerialisation."""
+  kwargs = dict(config.model.kwargs)
+  fields = models.fields(config.model.name)
+  if "dtype" in fields:
+    kwargs["dtype"] = jnp.dtype(config.precision)
+  if "remat" in fields:
+    kwargs["remat"] = config.remat
+  return kwargs
 
 
 def count_params(params) -> int:
@@ -188,7 +203,7 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
     raise BatchError(f"batch_size {config.batch_size} / grad_accum_steps {accum} gives micro-batches that "
                      f"do not split over the {dp} data-parallel devices")
   try:
-    model = models.build(config.model.name, dict(config.model.kwargs))
+    model = models.build(config.model.name, model_kwargs(config))
   except (KeyError, ValueError) as e:
     raise UserError(str(e.args[0] if e.args else e)) from None
   task = tasks.get(config.task.name, **dict(config.task.kwargs))
@@ -198,8 +213,10 @@ def build_run(config, workdir, devices=None, *, read_only: bool = False) -> Run:
   def init():
     return init_state(model, optimizer, example, config.seed, config.prng_impl)
 
+  # The state is never built on one device: its shapes and logical axes come from eval_shape, the rules
+  # give every leaf a sharding, and the jitted init writes each shard straight onto its device.
   boxed = jax.eval_shape(init)
-  state_shardings = mesh_lib.tree_shardings(boxed, mesh)
+  state_shardings = mesh_lib.tree_shardings(boxed, mesh, config.mesh.rules.to_dict())
   abstract = jax.tree_util.tree_map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings)
   init_sharded = jax.jit(lambda: nn.unbox(init()), out_shardings=state_shardings)
@@ -258,16 +275,24 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 def restore_run(workdir, step=None, *, config=None, devices=None) -> tuple[Run, TrainState]:
   """``(run, state)`` of the checkpoint at ``step`` (a number, ``None``/``"latest"``, or ``"best"``) of the
   run in ``workdir``, built from ``config`` (default: the run's own ``config.json``) on ``devices``
-  (default: all). Reads only: the run's checkpoints are opened read-only and its own pretrained source is
-  not loaded (the checkpoint holds the trained parameters). The run's checkpointer is closed; the
-  :class:`Run` stays usable for evaluation. The PRNG key is restored with the run's own ``prng_impl``
-  (from its ``config.json``) whatever ``config`` says: evaluation draws no training keys."""
+  (default: all; when the run's mesh does not fit them, data parallelism over them). Reads only: the run's
+  checkpoints are opened read-only and its own pretrained source is not loaded (the checkpoint holds the
+  trained parameters). The run's checkpointer is closed; the :class:`Run` stays usable for evaluation. The
+  PRNG key is restored with the run's own ``prng_impl`` (from its ``config.json``) whatever ``config``
+  says: evaluation draws no training keys."""
   own = read_config(workdir) if config is None or (Path(workdir) / "config.json").is_file() else None
   config = own if config is None else config
   config = ml_collections.ConfigDict(config.to_dict())
   config.init.format = config.init.path = ""  # a pretrained source is not needed to restore
   if own is not None:
     config.prng_impl = own.prng_impl
+  count = len(devices) if devices is not None else jax.device_count()
+  sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+  fixed = math.prod(s for s in sizes if s != -1)
+  if count % fixed or (-1 not in sizes and fixed != count):
+    # The run's mesh does not fit these devices (e.g. one device for grafting): a checkpoint restores onto
+    # any mesh, so use data parallelism over them.
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
   run = build_run(config, workdir, devices, read_only=True)
   if not run.checkpointer.directory.is_dir():
     raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}; train first (mmjax train ...)")
