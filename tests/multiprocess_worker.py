@@ -80,10 +80,24 @@ def main(argv=None) -> int:
   config = get_config(f"{ROOT / 'configs' / 'late_fusion_digits.py'}:runlocal", [
       f"data.data_dir={args.data_dir}", f"num_steps={args.steps}", "log_every=1", "eval_every=0",
       f"checkpoint_every={args.checkpoint_every or max(args.steps // 2, 1)}", "data.num_threads=1",
+      # FSDP over the two processes: each holds half of the sharded parameters and optimizer state, and
+      # the checkpoint is written collectively from the shards.
+      "mesh.data=1", f"mesh.fsdp={args.num_processes}",
   ])
   final = loop.train_and_evaluate(config, args.workdir, echo=lambda *a, **k: print(*a, flush=True))
 
+  # Which parameters the engine split over the processes (from the run's shardings; nothing is compiled).
+  from mmjax.train.run import build_run
+
+  run = build_run(config, args.workdir, read_only=True)
+  leaves = jax.tree_util.tree_leaves_with_path(run.abstract_state.params)
+  split = [jax.tree_util.keystr(path) for (path, x), sharding in zip(
+      leaves, jax.tree_util.tree_leaves(run.state_shardings.params), strict=True)
+      if sharding.shard_shape(x.shape) != x.shape]
+  run.close()
+
   result = {
+      "sharded_params": split,
       "process_index": jax.process_index(),
       "process_count": jax.process_count(),
       "device_count": jax.device_count(),

@@ -1,4 +1,5 @@
-"""Two local CPU processes train one run together (``jax.distributed`` + gloo), as on a multi-host pod."""
+"""Two local CPU processes train one run together (``jax.distributed`` + gloo), as on a multi-host pod,
+with the parameters and optimizer state sharded over both (FSDP, mesh ``(1, 2, 1)``)."""
 
 import json
 import os
@@ -76,6 +77,7 @@ def test_two_processes_train_one_run(tmp_path, data_dir):
     assert (r["device_count"], r["local_device_count"]) == (NUM_PROCESSES, 1)
     assert len(r["losses"]) == STEPS and np.all(np.isfinite(r["losses"]))
     assert r["final"]["step"] == STEPS
+    assert r["sharded_params"], "FSDP split no parameter over the two processes"
   a, b = results
   np.testing.assert_allclose(a["losses"], b["losses"], rtol=0, atol=1e-6)
   for split in ("train", "validation", "test"):
