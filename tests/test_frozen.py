@@ -219,6 +219,7 @@ def test_frozen_lm_stays_bit_identical_and_only_the_encoder_moves(lm_run, data_d
   assert mixed["text_support"] is True and mixed["text_repeats"] == 2 and mixed["mode"] == "images"
 
 
+@pytest.mark.slow  # Frozen on a (2, 2, 2) mesh is in tests/test_sharding.py's default run
 def test_frozen_sharded_step_equals_one_device(lm_run, data_dir, tmp_path):
   cfg = frozen_config(data_dir, lm_run, "checkpoint_every=0", "eval_every=0", "data.test_split=")
   one = train_and_evaluate(cfg, tmp_path / "one", devices=jax.devices()[:1], **QUIET)

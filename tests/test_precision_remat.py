@@ -85,7 +85,7 @@ def _run_bf16_steps(name, data_dir, tmp_path):
   assert np.isfinite(losses).all(), losses
 
 
-@pytest.mark.parametrize("name", ["late_fusion", "causal_lm"])
+@pytest.mark.parametrize("name", ["late_fusion", pytest.param("causal_lm", marks=pytest.mark.slow)])
 def test_bfloat16_steps_run(name, data_dir, tmp_path):
   _run_bf16_steps(name, data_dir, tmp_path)
 

@@ -25,7 +25,9 @@ def _same(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("impl", list(PRNG_IMPLS))
+# unsafe_rbg differs from rbg only in how keys are split and folded: -m slow.
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=pytest.mark.slow) if i == "unsafe_rbg" else i
+                                  for i in PRNG_IMPLS])
 def test_each_prng_impl_is_deterministic_and_resumes_bit_exactly(impl, tiny_config, tmp_path):
   # One modality (text) keeps the step small: one compile per implementation, shared by every run below.
   config = tiny_config(arg="runlocal,text", overrides=[f"prng_impl={impl}", "async_checkpoints=false"])

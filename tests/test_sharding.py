@@ -131,7 +131,9 @@ def test_every_model_on_a_2x2x2_mesh_equals_one_device(name, data_dir, tmp_path)
   check_placement(state, name)
 
 
-@pytest.mark.parametrize("mesh", OTHER_MESHES, ids=mesh_id)
+# (8, 1, 1) is -m slow: pure data parallelism over 8 devices is tests/test_train.py's sharded run.
+@pytest.mark.parametrize("mesh", [pytest.param(m, marks=pytest.mark.slow) if m == (8, 1, 1) else m
+                                  for m in OTHER_MESHES], ids=mesh_id)
 def test_late_fusion_on_every_mesh_equals_one_device(mesh, data_dir, tmp_path):
   check_mesh("late_fusion", mesh, data_dir, tmp_path)
 
