@@ -9,14 +9,6 @@ if "xla_force_host_platform_device_count" not in flags:
 if "xla_backend_optimization_level" not in flags:
   # LLVM -O0: compiles ~2x faster on CPU; the tests run few steps, so compile time dominates.
   flags += " --xla_backend_optimization_level=0"
-if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
-  # The 8 virtual devices are threads that meet in a rendezvous for every collective; on 2 loaded cores a
-  # thread can arrive later than XLA's default timeout allows, and XLA then aborts the process ("Termination
-  # timeout ... exceeded"). A loaded full run aborted once inside the (2, 2, 2) MulT step (the message was
-  # not captured; this timeout is the likely cause): wait longer instead.
-  flags += (" --xla_cpu_collective_call_terminate_timeout_seconds=900"
-            " --xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
-            " --xla_cpu_collective_timeout_seconds=900")
 os.environ["XLA_FLAGS"] = flags.strip()
 # One persistent compilation cache for the session (subprocesses inherit it through the environment):
 # identical train steps compiled by several tests, or by the CLI in a subprocess, compile once.
