@@ -199,3 +199,50 @@ def test_checkpoint_saved_on_one_mesh_restores_on_another(data_dir, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(state.params),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- activations --------------------------------------------------------------------------------------------
+
+
+def test_activation_constraints_follow_the_rules_and_only_inside_the_engine():
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
+
+  from mmjax.layers import axes
+  from mmjax.train.mesh import parse_rules
+
+  x = jax.numpy.ones((8, 5, 6))
+  assert axes.constrain(x, axes.BATCH_LENGTH_MLP) is x  # a model applied on its own: untouched
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  with axes.activation_sharding(mesh, parse_rules()):
+    mlp = jax.jit(lambda t: axes.constrain(t * 2, axes.BATCH_LENGTH_MLP))(x)
+    odd = jax.jit(lambda t: axes.constrain(t * 2, axes.BATCH_LENGTH_MLP))(x[:, :, :3])  # 3 % tensor != 0
+    with pytest.raises(ValueError, match="3 logical names"):
+      axes.constrain(x[0], axes.BATCH_LENGTH_MLP)
+  same = lambda a, spec: a.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, spec), a.ndim)  # noqa: E731
+  assert same(mlp, P(("data", "fsdp"), None, "tensor"))
+  assert same(odd, P(("data", "fsdp"), None, None))
+  with axes.activation_sharding(mesh, parse_rules({"activation_mlp": "", "activation_length": "tensor"})):
+    other = jax.jit(lambda t: axes.constrain(t * 2, axes.BATCH_LENGTH_MLP))(x[:, :4])
+  assert same(other, P(("data", "fsdp"), "tensor", None))
+
+
+def test_the_engine_step_constrains_the_activations(data_dir, tmp_path, monkeypatch):
+  """The jitted step of a transformer model on (2, 2, 2) carries the layers' sharding constraints."""
+  from mmjax.layers import axes
+  from mmjax.train.run import build_run
+  from mmjax.train.step import jit_train_step
+
+  run = build_run(engine_config("late_fusion", data_dir, (2, 2, 2)), tmp_path, jax.devices()[:8])
+  batch = run.global_batch(fixed_batches(run.config, 1)[0])
+
+  def constraints():
+    step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
+                          run.mesh)
+    text = step.lower(run.abstract_state, batch).as_text()
+    return text.count("sharding_constraint") + text.count("@Sharding")  # Shardy or GSPMD lowering
+
+  with_layers = constraints()
+  monkeypatch.setattr(axes, "constrain", lambda x, names: x)
+  assert with_layers > constraints()
+  run.close()

@@ -99,7 +99,8 @@ def benchmark(config, *, steps: int, warmup: int, synthetic: bool = False) -> di
     batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
     inputs = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in batch.items()}
     step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
-                          run.mesh, config.optimizer.grad_accum_steps, config.prng_impl)
+                          run.mesh, config.optimizer.grad_accum_steps, config.prng_impl,
+                          config.mesh.rules.to_dict())
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)

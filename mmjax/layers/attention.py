@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.errors import InputError, UserError
+from mmjax.layers import axes
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "chunked", "auto")
 KERNELS = IMPLEMENTATIONS[:-1]
@@ -456,6 +457,16 @@ def dot_product_attention(
   """
   _check_shapes(query, key, value)
   _check_mask_and_lengths(query, key, mask, key_lengths)
+  # heads over `tensor`, batch over the data axes (inside the engine's step; no-op elsewhere)
+  query, key, value = (axes.constrain(t, axes.BATCH_LENGTH_HEADS_KV) for t in (query, key, value))
+  return axes.constrain(_attention(query, key, value, mask, causal, scale, dropout_rate, dropout_rng,
+                                   implementation, key_lengths, chunk_size, interpret),
+                        axes.BATCH_LENGTH_HEADS_KV)
+
+
+def _attention(query, key, value, mask, causal, scale, dropout_rate, dropout_rng, implementation, key_lengths,
+               chunk_size, interpret):
+  """:func:`dot_product_attention` after its shape checks and activation constraints."""
   if implementation not in IMPLEMENTATIONS:
     raise KernelUnavailableError(_unknown_kernel(implementation))
   if dropout_rate > 0.0 and dropout_rng is None:

@@ -4,6 +4,12 @@ placed on a device mesh by rules in the config (:mod:`mmjax.train.mesh` lists th
 mesh axes: ``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``features``, ``conv_in``, ``conv_out``,
 ``norm``, ``layers``).
 
+Activations carry names too (:data:`ACTIVATION_AXES`, MaxText's ``activation_*``): :func:`constrain` pins
+the residual stream, the attention heads and the MLP hidden layer to the mesh while the engine traces a step
+inside :func:`activation_sharding`, so XLA's partitioner keeps the batch split over the data axes and the
+heads / MLP width over ``tensor`` instead of guessing a layout from the parameters. Outside that context
+(a model applied on its own) :func:`constrain` returns its input unchanged.
+
 The helpers return the plain flax modules (``nn.Dense``, ``nn.DenseGeneral``, ``nn.Embed``, ``nn.Conv``,
 ``nn.LayerNorm``, ``nn.GroupNorm``) with flax's default initialisers, so parameter names, shapes and
 initial values are those of the unannotated layers; only the boxes around the values are new
@@ -12,11 +18,24 @@ initial values are those of the unannotated layers; only the boxes around the va
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Axes = Sequence[str | None]
+# Logical names of activation dimensions (their default mesh axes: mmjax.train.mesh.DEFAULT_RULES).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed", "activation_heads",
+                   "activation_kv", "activation_mlp")
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
+_ACTIVATION_CONTEXT = contextvars.ContextVar("mmjax_activation_sharding", default=None)
 
 default_kernel_init = nn.initializers.lecun_normal()
 default_embed_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
@@ -70,3 +89,39 @@ def group_norm(num_groups: int, *, name: str, dtype=None, **kw) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=num_groups, dtype=dtype, name=name,
                       scale_init=logical(nn.initializers.ones_init(), ("norm",)),
                       bias_init=logical(nn.initializers.zeros_init(), ("norm",)), **kw)
+
+
+def divisible_spec(spec: P, shape, mesh) -> P:
+  """``spec`` with the mesh axes of every dimension they do not divide dropped (that dimension replicated):
+  sharding is an optimisation and must never refuse a shape (4 heads on ``tensor = 8``, 10 classes)."""
+  dims = []
+  for i, names in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names_t = (names,) if isinstance(names, str) else tuple(names or ())
+    size = math.prod(mesh.shape[a] for a in names_t)
+    dims.append(names if names_t and shape[i] % size == 0 else None)
+  return P(*dims)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules):
+  """While tracing inside this context, :func:`constrain` places activations on ``mesh`` by ``rules``
+  (flax's rule list ``((logical, mesh_axes), ...)``, as :func:`mmjax.train.mesh.parse_rules` returns)."""
+  token = _ACTIVATION_CONTEXT.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x: jax.Array, names: Axes) -> jax.Array:
+  """``x`` with a sharding constraint from the logical names ``names`` (one per dimension, ``None`` =
+  unconstrained replicated) inside :func:`activation_sharding`; ``x`` itself outside it. Dimensions their
+  mesh axes do not divide stay replicated."""
+  context = _ACTIVATION_CONTEXT.get()
+  if context is None:
+    return x
+  if len(names) != x.ndim:
+    raise ValueError(f"constrain: {len(names)} logical names {tuple(names)} for an array of shape {x.shape}")
+  mesh, rules = context
+  spec = divisible_spec(nn.logical_to_mesh_axes(tuple(names), rules), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -63,6 +63,7 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, context=None, *, mask=None, causal=False, train: bool):
+    x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)
     h = axes.layer_norm(dtype=self.dtype, name="ln_attn")(x)
     ctx = h if context is None else axes.layer_norm(dtype=self.dtype, name="ln_context")(context)
     h = MultiHeadAttention(
@@ -71,9 +72,10 @@ class EncoderLayer(nn.Module):
     x = x + nn.Dropout(self.dropout)(h, deterministic=not train)
     h = axes.layer_norm(dtype=self.dtype, name="ln_mlp")(x)
     h = axes.dense(self.mlp_ratio * x.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="fc1")(h)
+    h = axes.constrain(h, axes.BATCH_LENGTH_MLP)
     h = nn.Dropout(self.dropout)(nn.relu(h), deterministic=not train)
     h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
-    return x + nn.Dropout(self.dropout)(h, deterministic=not train)
+    return axes.constrain(x + nn.Dropout(self.dropout)(h, deterministic=not train), axes.BATCH_LENGTH_EMBED)
 
 
 class _PositionalEncoderLayer(EncoderLayer):

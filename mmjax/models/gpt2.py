@@ -191,7 +191,7 @@ class GPT2MLP(nn.Module):
     cfg = self.config
     h = axes.dense(cfg.mlp_width, ("embed", "mlp"), dtype=self.dtype, name="c_fc",
                    kernel_init=nn.initializers.normal(0.02))(x)
-    h = ACTIVATIONS[cfg.activation_function](h)
+    h = ACTIVATIONS[cfg.activation_function](axes.constrain(h, axes.BATCH_LENGTH_MLP))
     h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="c_proj",
                    kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)))(h)
     return nn.Dropout(cfg.resid_pdrop)(h, deterministic=not train)
@@ -208,13 +208,14 @@ class GPT2Block(nn.Module):
   def __call__(self, x, *, mask, causal, kv_cache=None, cache_index=None, train: bool):
     """``x [B, T, D]`` -> (``[B, T, D]``, this layer's updated cache or None)."""
     eps = self.config.layer_norm_epsilon
+    x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)
     h = _layer_norm(eps, self.dtype, "ln_1")(x)
     h, new_cache = GPT2Attention(self.config, self.attention, self.dtype, name="attn")(
         h, mask=mask, causal=causal, kv_cache=kv_cache, cache_index=cache_index, train=train)
     x = x + h
     h = _layer_norm(eps, self.dtype, "ln_2")(x)
     h = GPT2MLP(self.config, self.dtype, name="mlp")(h, train=train)
-    return x + h, new_cache
+    return axes.constrain(x + h, axes.BATCH_LENGTH_EMBED), new_cache
 
 
 class _PositionalGPT2Block(GPT2Block):

@@ -160,6 +160,7 @@ class MulTLayer(nn.Module):
   @nn.compact
   def __call__(self, x, kv, mask):
     drop = lambda rate, t: nn.Dropout(rate)(t, deterministic=self.deterministic)
+    x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)
     ln0 = _layer_norm(self.dtype, "ln0")
     h = ln0(x)
     if kv is None:
@@ -171,10 +172,10 @@ class MulTLayer(nn.Module):
         h, k, v, mask=mask, train=not self.deterministic)
     x = x + drop(self.res_dropout, h)
     h = _layer_norm(self.dtype, "ln1")(x)
-    h = drop(self.relu_dropout, nn.relu(axes.dense(4 * x.shape[-1], ("embed", "mlp"), dtype=self.dtype,
-                                                   name="fc1")(h)))
+    h = axes.dense(4 * x.shape[-1], ("embed", "mlp"), dtype=self.dtype, name="fc1")(h)
+    h = drop(self.relu_dropout, nn.relu(axes.constrain(h, axes.BATCH_LENGTH_MLP)))
     h = axes.dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
-    return x + drop(self.res_dropout, h), None
+    return axes.constrain(x + drop(self.res_dropout, h), axes.BATCH_LENGTH_EMBED), None
 
 
 class MulTEncoder(nn.Module):

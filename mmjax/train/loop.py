@@ -351,7 +351,8 @@ def _train(run: Run, config, workdir: Path, echo, lock) -> dict:
       f"{config.data.name}, mesh {dict(run.mesh.shape)}, {jax.process_count()} process(es), "
       f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})")
   step_fn = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
-                           run.mesh, config.optimizer.grad_accum_steps, config.prng_impl)
+                           run.mesh, config.optimizer.grad_accum_steps, config.prng_impl,
+                           config.mesh.rules.to_dict())
   check_state_memory(run.abstract_state, devices, config)
   batch = None
   if start < config.num_steps:

@@ -17,6 +17,12 @@ the style of MaxText and flax's lm1b); the rules that map them to mesh axes live
 * ``norm``: scale and bias of a LayerNorm / GroupNorm -> replicated
 * ``layers``: the stacked layer axis of a scanned stack (``nn.scan``) -> replicated
 
+and of activations (:data:`mmjax.layers.axes.ACTIVATION_AXES`, pinned by ``axes.constrain`` inside the
+engine's jitted steps): ``activation_batch`` -> ``data, fsdp`` (the batch split, as the input batch is),
+``activation_heads`` and ``activation_mlp`` -> ``tensor`` (Megatron-style: attention heads and the MLP
+hidden layer split where their weights are), ``activation_length``, ``activation_embed``,
+``activation_kv`` -> replicated.
+
 A dimension that its mesh axes do not divide (a head count of 4 on ``tensor = 8``, 10 classes) stays
 replicated: sharding is an optimisation and never changes results, so small test configs run on any mesh.
 The same code runs on one CPU and on a multi-host pod.
@@ -34,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax.errors import UserError
+from mmjax.layers import axes
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -49,6 +56,12 @@ DEFAULT_RULES = {
     "conv_out": "tensor",
     "norm": "",
     "layers": "",
+    "activation_batch": "data,fsdp",
+    "activation_length": "",
+    "activation_embed": "",
+    "activation_heads": "tensor",
+    "activation_kv": "",
+    "activation_mlp": "tensor",
 }
 LOGICAL_AXES = tuple(DEFAULT_RULES)
 
@@ -161,16 +174,6 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def _divisible(spec: P, shape, mesh: Mesh) -> P:
-  """``spec`` with the mesh axes of every dimension they do not divide dropped (that dimension replicated)."""
-  dims = []
-  for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = math.prod(mesh.shape[a] for a in names)
-    dims.append(axes if names and shape[i] % size == 0 else None)
-  return P(*dims)
-
-
 def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=None):
   """``NamedSharding`` for every leaf of an abstract (``eval_shape``) tree that may hold flax
   ``LogicallyPartitioned`` boxes, placed by ``rules`` (a config's ``mesh.rules`` mapping, see
@@ -188,4 +191,4 @@ def tree_shardings(boxed_abstract_tree, mesh: Mesh, rules=None):
   shardings = nn.logical_to_mesh_sharding(specs, mesh, list(parse_rules(rules)))
   shapes = nn.unbox(boxed_abstract_tree)
   return jax.tree_util.tree_map(
-      lambda sh, x: NamedSharding(mesh, _divisible(sh.spec, x.shape, mesh)), shardings, shapes)
+      lambda sh, x: NamedSharding(mesh, axes.divisible_spec(sh.spec, x.shape, mesh)), shardings, shapes)

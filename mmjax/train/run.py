@@ -145,7 +145,7 @@ class Run:
     """The jitted ``(params, batch) -> (sums, per_example)`` of :func:`mmjax.train.step.eval_step`."""
     if self._eval_step is None:
       self._eval_step = jit_eval_step(self.model, self.task, self.state_shardings.params,
-                                      self.batch_sharding, self.mesh)
+                                      self.batch_sharding, self.mesh, self.config.mesh.rules.to_dict())
     return self._eval_step
 
   def check_batch(self, local_batch: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -10,7 +11,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.train.mesh import BATCH_AXES, replicated
+from mmjax.layers import axes
+from mmjax.train.mesh import BATCH_AXES, parse_rules, replicated
 from mmjax.train.optim import Optimizer
 from mmjax.train.state import DEFAULT_PRNG_IMPL, TrainState, wrap_key
 
@@ -28,8 +30,16 @@ def _micro_batches(batch: dict, k: int, mesh=None) -> dict:
   return jax.tree_util.tree_map(split, batch)
 
 
+def _activations_on(mesh, rules):
+  """The context in which the model's activation constraints (``axes.constrain``) bind to ``mesh`` by
+  ``rules`` (a config's ``mesh.rules``; defaults for None); none without a mesh."""
+  if mesh is None:
+    return contextlib.nullcontext()
+  return axes.activation_sharding(mesh, parse_rules(rules))
+
+
 def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, task, accum_steps: int = 1,
-               mesh=None, prng_impl: str = DEFAULT_PRNG_IMPL):
+               mesh=None, prng_impl: str = DEFAULT_PRNG_IMPL, rules=None):
   """One optimizer update. Returns the new state and scalar metrics (loss, task metrics, the learning
   rate, gradient/parameter/update norms).
 
@@ -40,7 +50,15 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, t
   (``lax.scan``; micro-batch ``j`` draws from ``fold_in(key, 2 + j)``), their gradients and metrics are
   averaged and one update is applied, so the learning-rate schedule counts updates and ``k`` micro-batches
   give the update of one batch ``k`` times larger (exactly for per-example mean losses).
+
+  With a ``mesh``, the model's activations are constrained by the logical ``rules`` (config.mesh.rules).
   """
+  with _activations_on(mesh, rules):
+    return _train_step(state, batch, model=model, optimizer=optimizer, task=task, accum_steps=accum_steps,
+                       mesh=mesh, prng_impl=prng_impl)
+
+
+def _train_step(state, batch, *, model, optimizer, task, accum_steps, mesh, prng_impl):
   rng = jax.random.fold_in(wrap_key(state.rng, prng_impl), state.step)
 
   def loss_fn(params, data, key):
@@ -81,12 +99,14 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer: Optimizer, t
   return new, metrics
 
 
-def eval_step(params, batch: dict, *, model, task):
+def eval_step(params, batch: dict, *, model, task, mesh=None, rules=None):
   """Sums of evaluation metrics over the valid examples of one batch, and the per-example arrays the
   task needs for metrics that are not sums (``task.eval_outputs``, plus ``_valid``; empty when the task
   has none). See :mod:`mmjax.tasks`. The ``latent`` stream has a fixed key, so evaluation is
-  deterministic."""
-  outputs, aux = model.apply({"params": params}, batch, train=False, rngs={"latent": jax.random.PRNGKey(0)})
+  deterministic. With a ``mesh``, activations are constrained by ``rules`` as in :func:`train_step`."""
+  with _activations_on(mesh, rules):
+    outputs, aux = model.apply({"params": params}, batch, train=False,
+                               rngs={"latent": jax.random.PRNGKey(0)})
   per_example = {}
   if hasattr(task, "eval_outputs"):
     per_example = dict(task.eval_outputs(outputs, aux, batch))
@@ -96,21 +116,22 @@ def eval_step(params, batch: dict, *, model, task):
 
 
 def jit_train_step(model, optimizer, task, state_shardings, batch_shardings, mesh, accum_steps: int = 1,
-                   prng_impl: str = DEFAULT_PRNG_IMPL):
-  """``train_step`` jitted with explicit in/out shardings and the state donated."""
+                   prng_impl: str = DEFAULT_PRNG_IMPL, rules=None):
+  """``train_step`` jitted with explicit in/out shardings and the state donated; activations placed by
+  the logical ``rules`` (config.mesh.rules; defaults for None)."""
   return jax.jit(
       functools.partial(train_step, model=model, optimizer=optimizer, task=task, accum_steps=accum_steps,
-                        mesh=mesh, prng_impl=prng_impl),
+                        mesh=mesh, prng_impl=prng_impl, rules=rules),
       in_shardings=(state_shardings, batch_shardings),
       out_shardings=(state_shardings, replicated(mesh)),
       donate_argnums=(0,),
   )
 
 
-def jit_eval_step(model, task, params_shardings, batch_shardings, mesh):
+def jit_eval_step(model, task, params_shardings, batch_shardings, mesh, rules=None):
   """``eval_step`` jitted with explicit in/out shardings (per-example outputs are gathered)."""
   return jax.jit(
-      functools.partial(eval_step, model=model, task=task),
+      functools.partial(eval_step, model=model, task=task, mesh=mesh, rules=rules),
       in_shardings=(params_shardings, batch_shardings),
       out_shardings=replicated(mesh),
   )
