@@ -151,9 +151,9 @@ def test_gate_equations_and_the_norm_bound():
   z, v, a = (rng.normal(size=(2, 5, k)).astype(np.float32) for k in (8, 3, 4))
   for beta in (1e-3, 0.5, 4.0):
     gate = MAGGate(beta_shift=beta, dropout=0.5)
-    params = nn.unbox(gate.init(jax.random.PRNGKey(0), z, v, a, train=False))["params"]
+    params = nn.unbox(jax.jit(lambda g=gate: g.init(jax.random.PRNGKey(0), z, v, a, train=False))())["params"]
     params = jax.tree_util.tree_map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32), params)
-    out, alpha = gate.apply({"params": params}, z, v, a, train=False)
+    out, alpha = jax.jit(lambda p, g=gate: g.apply({"params": p}, z, v, a, train=False))(params)
     p = jax.tree_util.tree_map(np.asarray, params)
     lin = lambda n, x, p=p: x @ p[n]["kernel"] + p[n]["bias"]  # noqa: E731
     g_v = np.maximum(lin("W_hv", np.concatenate([v, z], -1)), 0)
@@ -175,7 +175,8 @@ def test_gate_gradients_are_finite_when_the_displacement_is_zero():
   gate = MAGGate()
   params = nn.unbox(gate.init(jax.random.PRNGKey(0), z, v, a, train=False))["params"]
   params = _zero_gates({"MAG": params})["MAG"]
-  grads = jax.grad(lambda p: jnp.sum(gate.apply({"params": p}, z, v, a, train=False)[0] ** 2))(params)
+  loss = lambda p: jnp.sum(gate.apply({"params": p}, z, v, a, train=False)[0] ** 2)  # noqa: E731
+  grads = jax.jit(jax.grad(loss))(params)
   assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
   _, alpha = gate.apply({"params": params}, z, v, a, train=False)
   np.testing.assert_allclose(alpha, np.minimum(2.0 / (1 + 1e-6), 1.0))
@@ -203,12 +204,13 @@ def test_mag_takes_word_features_in_place_of_tokens_and_checks_its_fields():
   batch = _batch(rng, token=False)
   batch["text"] = batch["text"].astype(np.float32)
   mag = MAG(output_dim=1, text_model="bert", bert=TINY_BERT)
-  variables = mag.init(jax.random.PRNGKey(0), batch, train=False)
+  variables = jax.jit(lambda: mag.init(jax.random.PRNGKey(0), batch, train=False))()
   # the word embeddings exist (unused) so that a BERT checkpoint still grafts onto ``text``
   assert "text_proj" in variables["params"] and "word_embeddings" in variables["params"]["text"]["embeddings"]
-  gpt = MAG(output_dim=1, text_model="gpt2", lm=TINY_GPT2).init(jax.random.PRNGKey(0), batch, train=False)
+  gpt = jax.eval_shape(lambda: MAG(output_dim=1, text_model="gpt2", lm=TINY_GPT2).init(
+      jax.random.PRNGKey(0), batch, train=False))
   assert "wte" in gpt["params"]["text"]
-  out, _ = mag.apply(variables, batch, train=False)
+  out, _ = jax.jit(lambda v: mag.apply(v, batch, train=False))(variables)
   assert out.shape == (2, 1) and np.isfinite(out).all()
   tok = _batch(rng)
   for kwargs, match in [({"text_model": "xlnet"}, "text_model"), ({"injection_layer": 4}, "outside 0..3"),
@@ -234,3 +236,28 @@ def test_mag_mosi_config_builds_bert_base_shapes():
            "vision": np.zeros((2, 50, 20), np.float32), "text_mask": np.ones((2, 50), bool)}
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
   assert nn.unbox(shapes)["params"]["text"]["layer_11"]["output"]["dense"]["kernel"].shape == (3072, 768)
+
+
+@pytest.mark.slow  # two jitted gradient compilations per text model (tens of seconds on 2 cores)
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_remat_gives_the_same_loss_and_gradients(kind):
+  """Rematerialised text blocks (remat="full") change neither the parameter tree nor the loss and
+  gradients (BERT's post-LN layers and GPT-2's blocks, on both sides of the gate)."""
+  batch = _batch(np.random.default_rng(2))
+  labels = jnp.array([0, 2])
+
+  def loss_and_grads(remat):
+    mag = MAG(output_dim=3, text_model=kind, bert=BERT_NO_POOLER, lm=TINY_GPT2, injection_layer=1,
+              pool="mean", remat=remat)
+    params = nn.unbox(mag.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+
+    def loss(p):
+      out, _ = mag.apply({"params": p}, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out), labels[:, None], axis=1))
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (l0, g0), (l1, g1) = loss_and_grads("none"), loss_and_grads("full")
+  assert jax.tree_util.tree_structure(g0) == jax.tree_util.tree_structure(g1)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
