@@ -16,7 +16,7 @@ How the paper's BERT setting maps to ours, and what differs:
   + ``model.safetensors``, e.g. a hub snapshot you download yourself; nothing is fetched) through the
   ``hf_bert`` loader into the ``text`` subtree; set ``--config.init.path=DIR`` (default
   ``checkpoints/bert-base-uncased``). ``--config.init.format=''`` trains from scratch. BERT is fine-tuned,
-  as in the paper; ``--config.optimizer.frozen='text/.*'`` freezes it.
+  as in the paper; ``FILE:frozen`` (``optimizer.frozen = "text/.*"``) keeps it fixed.
 * Text input: the original tokenises the raw words with BERT's WordPiece and repeats each word's features over
   its pieces, with ``[CLS]``/``[SEP]`` around them. The ``cmu_mosi`` builder (the MulT pickles) carries no raw
   words, only 300-d GloVe vectors per word, so here a learned ``text_proj`` maps them to BERT's 768 in place
@@ -40,8 +40,10 @@ BERT_DIR = "checkpoints/bert-base-uncased"
 
 
 def get_config(arg=None):
-  if arg:
-    raise ValueError(f"configs/mag_mosi.py takes no argument; got {arg!r}")
+  """``arg``: empty (BERT fine-tuned, as the paper) or ``frozen`` (BERT kept fixed: only MAG, the
+  ``text_proj`` and the head learn)."""
+  if arg not in (None, "", "frozen"):
+    raise ValueError(f"configs/mag_mosi.py takes no argument or 'frozen'; got {arg!r}")
   c = default_config()
   c.data.name = "cmu_mosi/aligned"
   c.data.max_lengths = {"text": 50, "audio": 50, "vision": 50}
@@ -71,4 +73,6 @@ def get_config(arg=None):
   c.keep_checkpoints = 3
   c.best_metric = "validation/loss"
   c.best_mode = "min"
+  if arg == "frozen":
+    c.optimizer.frozen = "text/.*"
   return c

@@ -224,8 +224,10 @@ def test_mag_takes_word_features_in_place_of_tokens_and_checks_its_fields():
 
 
 def test_mag_mosi_config_builds_bert_base_shapes():
-  """configs/mag_mosi.py: MAG-BERT with bert-base shapes over the aligned MulT features (abstractly)."""
+  """configs/mag_mosi.py: MAG-BERT with bert-base shapes over the aligned MulT features (abstractly); its
+  ``frozen`` variant's optimizer mask freezes exactly the BERT parameters."""
   from mmjax.config import get_config
+  from mmjax.train.optim import path_mask
 
   from .conftest import CONFIGS
 
@@ -235,7 +237,13 @@ def test_mag_mosi_config_builds_bert_base_shapes():
   batch = {"text": np.zeros((2, 50, 300), np.float32), "audio": np.zeros((2, 50, 5), np.float32),
            "vision": np.zeros((2, 50, 20), np.float32), "text_mask": np.ones((2, 50), bool)}
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
-  assert nn.unbox(shapes)["params"]["text"]["layer_11"]["output"]["dense"]["kernel"].shape == (3072, 768)
+  params = nn.unbox(shapes)["params"]
+  assert params["text"]["layer_11"]["output"]["dense"]["kernel"].shape == (3072, 768)
+  assert cfg.init.format == "hf_bert" and cfg.init.target == "text" and not cfg.optimizer.frozen
+  frozen = get_config(str(CONFIGS / "mag_mosi.py") + ":frozen").optimizer.frozen
+  mask = path_mask(params, frozen)
+  assert all(jax.tree_util.tree_leaves(mask["text"]))
+  assert not any(jax.tree_util.tree_leaves({k: v for k, v in mask.items() if k != "text"}))
 
 
 @pytest.mark.slow  # two jitted gradient compilations per text model (tens of seconds on 2 cores)

@@ -18,7 +18,8 @@ The pooled text representation feeds a dropout + linear head, as the original
 ``MAG_BertForSequenceClassification`` (BERT's ``[CLS]`` pooler ``tanh(W h_0)``, dropout
 ``hidden_dropout_prob``, ``Linear(D, num_labels)``; ``num_labels = 1`` with an MSE loss on MOSI).
 ``__call__(batch, train=...)`` -> ``(outputs [B, output_dim] float32, aux)`` with ``aux["fused"]`` the pooled
-vector and ``aux["hidden"]`` the text model's final hidden states ``[B, T, D]``.
+vector, ``aux["hidden"]`` the text model's final hidden states ``[B, T, D]`` and ``aux["alpha"]`` the gate's
+scale per word ``[B, T]``.
 
 Inputs. ``modalities = (text, acoustic, visual)`` names the three batch keys. The text is token ids
 ``[B, T]`` for a text model with a vocabulary, or word features ``[B, T, F]`` (the GloVe vectors of the
@@ -45,8 +46,8 @@ Deviations from the paper and the original code (WasifurRahman/BERT_multimodal_t
 * The paper writes a separate bias ``b_H`` in ``H``; the original code has none but puts the biases inside
   ``W_v``/``W_a`` (gated with them). We follow the code, so zeroed gates give ``H = 0`` exactly.
 * The original's ``||H|| == 0`` case substitutes 1 through ``torch.where``; here the same value comes from a
-  safe norm whose gradient stays finite (in PyTorch the gradient there is NaN-free only because ``H`` is
-  never exactly 0 in practice).
+  safe norm (``sqrt`` of a sum of squares that is replaced by 1 where it is 0), so the gradient stays finite
+  at ``H = 0`` (a plain ``sqrt`` in JAX would give NaN there, e.g. with zeroed gates).
 * ``gate_layer_norm = False`` (not in the paper) drops the LayerNorm after the shift, so that MAG with
   zeroed gates is the text model unchanged; the default ``True`` is the original. The LayerNorm's epsilon
   is PyTorch's default 1e-5 (the original's ``nn.LayerNorm(hidden_size)``), not BERT's 1e-12.
