@@ -1,6 +1,7 @@
 """MAG (Rahman et al., ACL 2020) and its BERT: parity of our BERT with Hugging Face's on a tiny random
-checkpoint (golden outputs committed; no torch needed), the ``hf_bert`` loader through ``config.init``, the
-gate's equations, the zero-gate identity for both text models, and the word alignment."""
+checkpoint and of our gate with the original MAG module (golden outputs committed; no torch needed), the
+``hf_bert`` loader through ``config.init``, the gate's equations, the zero-gate identity for both text
+models, and the word alignment."""
 
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mmjax.models.gpt2 import GPT2, GPT2Config
 from mmjax.models.mag import MAG, MAGGate, align_uniform
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "bert_tiny"
+GOLDEN = Path(__file__).resolve().parent / "data" / "mag_original_golden.npz"
 TINY_BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                        intermediate_size=32, max_position_embeddings=16, add_pooling_layer=True)
 BERT_NO_POOLER = TINY_BERT.replace(add_pooling_layer=False)
@@ -167,6 +169,24 @@ def test_gate_equations_and_the_norm_bound():
     shift = np.linalg.norm(want_alpha[..., None] * h, axis=-1)
     assert (shift <= beta * np.linalg.norm(z, axis=-1) * (1 + 1e-5)).all()
     assert 0 < alpha.min() <= alpha.max() <= 1
+
+
+def test_gate_matches_the_original_code():
+  """``tests/data/mag_original_golden.npz`` (scripts/make_mag_golden.py): the original PyTorch ``MAG`` module
+  with random parameters, in eval mode, for beta_shift 1.0 and 0.05 (alpha clipped at 1 for some words and
+  not for others); our MAGGate with the same parameters (Linear weights transposed) gives its outputs."""
+  z = np.load(GOLDEN)
+  p = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+  params = {n: {"kernel": p[f"{n}.weight"].T, "bias": p[f"{n}.bias"]} for n in ("W_hv", "W_ha", "W_v", "W_a")}
+  params["LayerNorm"] = {"scale": p["LayerNorm.weight"], "bias": p["LayerNorm.bias"]}
+  clipped = []
+  for beta in (1.0, 0.05):  # the golden file's betas
+    gate = MAGGate(beta_shift=beta, dropout=0.5)
+    out, alpha = jax.jit(lambda q, g=gate: g.apply({"params": q}, z["text"], z["visual"], z["acoustic"],
+                                                   train=False))(params)
+    np.testing.assert_allclose(out, z[f"output/{beta}"], atol=2e-5)
+    clipped.append(np.asarray(alpha) == 1.0)
+  assert np.concatenate(clipped).any() and not np.concatenate(clipped).all()  # both branches of the min
 
 
 def test_gate_gradients_are_finite_when_the_displacement_is_zero():
