@@ -6,12 +6,13 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     early_fusion,
     frozen,
     late_fusion,
+    mag,
     mfm,
     mmvae,
     mult,
     mvae,
 )
-from mmjax.models.convert import hf_gpt2, mult_torch  # noqa: F401  (loader registration)
+from mmjax.models.convert import hf_bert, hf_gpt2, mult_torch  # noqa: F401  (loader registration)
 from mmjax.models.registry import (
     build,
     fields,

@@ -26,7 +26,9 @@ logical axis names for :mod:`mmjax.train.mesh` (``vocab``, ``embed``, ``heads``,
 
 Entry points beyond ``__call__``: :meth:`GPT2.embed` (token embeddings, to build sequences that interleave
 a vision prefix and text, as Frozen does), :meth:`GPT2.hidden_states`, :meth:`GPT2.logits`,
-:meth:`GPT2.token_embeddings` and :meth:`GPT2.init_cache`. Decoding and answer scoring live in
+:meth:`GPT2.token_embeddings`, :meth:`GPT2.init_cache`, and :meth:`GPT2.input_states` /
+:meth:`GPT2.run_blocks` / :meth:`GPT2.final_norm` (``hidden_states`` without a cache in three steps, so a
+model can act between two blocks, as MAG does). Decoding and answer scoring live in
 :mod:`mmjax.sampling`. ``GPT2`` takes token ids, not a batch dict, so it is not in the model registry: the
 trainable language model is :class:`mmjax.models.causal_lm.CausalLM` (``causal_lm``).
 
@@ -275,6 +277,51 @@ class GPT2(nn.Module):
                    values=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer)),
                    valid=jnp.zeros((batch, max_len), bool))
 
+  def _inputs(self, tokens, embeddings, positions, attention_mask, cache, train):
+    """``(x [B, T, D], real [B, T])``: embeddings plus positions, after dropout, and the real-token mask."""
+    if (tokens is None) == (embeddings is None):
+      raise ValueError("GPT2 needs exactly one of tokens [B, T] or embeddings [B, T, D]")
+    if tokens is not None:
+      tokens = jnp.asarray(tokens)
+      if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"GPT2 tokens must be int [B, T]; got {tokens.dtype} {tokens.shape}")
+      x = self.embed(tokens)
+    else:
+      x = jnp.asarray(embeddings)
+      if x.ndim != 3 or x.shape[-1] != self.config.n_embd:
+        raise ValueError(f"GPT2 embeddings must be [B, T, n_embd={self.config.n_embd}]; got {x.shape}")
+      x = x.astype(self.dtype)
+    b, t = x.shape[:2]
+    if cache is None and t > self.config.n_positions:
+      raise ValueError(f"GPT2 sequence length {t} exceeds n_positions={self.config.n_positions}")
+    real = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
+    if real.shape != (b, t):
+      raise ValueError(f"GPT2 attention_mask must be [B, T] = {(b, t)}; got {real.shape}")
+    if positions is None:
+      before = 0 if cache is None else jnp.sum(cache.valid, axis=1, keepdims=True)
+      positions = jnp.maximum(before + jnp.cumsum(real, axis=1) - 1, 0)
+    x = x + self.wpe(jnp.asarray(positions))
+    x = self.drop(x, deterministic=not train)
+    return x, real
+
+  def input_states(self, tokens=None, *, embeddings=None, positions=None, attention_mask=None, train: bool):
+    """The input of the first block ``[B, T, D]`` (token or given embeddings plus positions, embedding
+    dropout); arguments as in :meth:`hidden_states` (no cache). With :meth:`run_blocks` and :meth:`final_norm`
+    it splits :meth:`hidden_states` so a model can act between two blocks (MAG does)."""
+    return self._inputs(tokens, embeddings, positions, attention_mask, None, train)[0]
+
+  def run_blocks(self, x, *, attention_mask=None, start: int = 0, stop: int | None = None, train: bool):
+    """Blocks ``start .. stop - 1`` (default: all) on ``x [B, T, D]`` without a cache (causal;
+    ``attention_mask [B, T]`` bool hides padded keys) -> ``[B, T, D]``. ``ln_f`` is not applied."""
+    mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)[:, None, None, :]
+    for block in self.h[start:stop]:
+      x, _ = block(x, mask, True, None, None, train)
+    return x
+
+  def final_norm(self, x):
+    """``ln_f(x)``: the final LayerNorm applied to the last block's output."""
+    return self.ln_f(x)
+
   def hidden_states(self, tokens=None, *, embeddings=None, positions=None, attention_mask=None, cache=None,
                     cache_index=None, train: bool):
     """The final (``ln_f``) hidden states ``[B, T, D]`` and the updated cache (None without one).
@@ -293,32 +340,10 @@ class GPT2(nn.Module):
         ``cache_index + T <= max_len`` (``dynamic_update_slice`` would clamp silently).
       train: enables dropout (rng ``"dropout"``).
     """
-    if (tokens is None) == (embeddings is None):
-      raise ValueError("GPT2 needs exactly one of tokens [B, T] or embeddings [B, T, D]")
-    if tokens is not None:
-      tokens = jnp.asarray(tokens)
-      if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"GPT2 tokens must be int [B, T]; got {tokens.dtype} {tokens.shape}")
-      x = self.embed(tokens)
-    else:
-      x = jnp.asarray(embeddings)
-      if x.ndim != 3 or x.shape[-1] != self.config.n_embd:
-        raise ValueError(f"GPT2 embeddings must be [B, T, n_embd={self.config.n_embd}]; got {x.shape}")
-      x = x.astype(self.dtype)
-    b, t = x.shape[:2]
     if (cache is None) != (cache_index is None):
       raise ValueError("GPT2: pass cache and cache_index together (or neither)")
-    if cache is None and t > self.config.n_positions:
-      raise ValueError(f"GPT2 sequence length {t} exceeds n_positions={self.config.n_positions}")
-    real = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
-    if real.shape != (b, t):
-      raise ValueError(f"GPT2 attention_mask must be [B, T] = {(b, t)}; got {real.shape}")
-    if positions is None:
-      before = 0 if cache is None else jnp.sum(cache.valid, axis=1, keepdims=True)
-      positions = jnp.maximum(before + jnp.cumsum(real, axis=1) - 1, 0)
-    x = x + self.wpe(jnp.asarray(positions))
-    x = self.drop(x, deterministic=not train)
-
+    x, real = self._inputs(tokens, embeddings, positions, attention_mask, cache, train)
+    b, t = x.shape[:2]
     if cache is None:
       mask = None if attention_mask is None else real[:, None, None, :]
       causal = True
