@@ -187,9 +187,11 @@ class BertLayer(nn.Module):
   def __call__(self, x, mask, train):
     """``x [B, T, D]`` -> ``[B, T, D]`` (positional arguments, as ``nn.remat`` needs; ``train`` static)."""
     cfg = self.config
+    x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)  # inside the engine's step; a no-op elsewhere
     h = BertAttention(cfg, self.attention, self.dtype, name="attention")(x, mask=mask, train=train)
-    u = _Intermediate(cfg, self.dtype, name="intermediate")(h)
-    return _BertOutput(cfg, self.dtype, name="output")(u, h, train=train)
+    u = axes.constrain(_Intermediate(cfg, self.dtype, name="intermediate")(h), axes.BATCH_LENGTH_MLP)
+    out = _BertOutput(cfg, self.dtype, name="output")(u, h, train=train)
+    return axes.constrain(out, axes.BATCH_LENGTH_EMBED)
 
 
 class _Intermediate(nn.Module):
