@@ -22,6 +22,7 @@ CONFIG_OF = {
     "mmvae": "mmvae_digits.py:runlocal",
     "frozen": "frozen_digits.py:runlocal",
     "causal_lm": "frozen_digits.py:lm,runlocal",
+    "clip": "clip_digits.py:runlocal",
 }
 B = 4
 
