@@ -149,14 +149,17 @@ class Contrastive:
     return sigmoid_loss(x, y, s, b, w)
 
   def loss(self, outputs, aux, batch):
-    """The contrastive loss of the batch, the in-batch retrieval accuracies, the scale and bias."""
+    """The contrastive loss of the batch, the scale and bias, and (not with ``chunked``, whose point is
+    never to form the ``[B, B]`` similarities) the in-batch retrieval accuracies."""
     del outputs
     w = _weights(batch, aux["image"].shape[0])
     loss = self._loss(aux, w)
-    i2t, t2i = retrieval_accuracy(aux["image"], aux["text"], w)
-    n = jnp.maximum(w.sum(), 1.0)
-    return loss, {"loss": loss, "i2t_accuracy": (i2t * w).sum() / n, "t2i_accuracy": (t2i * w).sum() / n,
-                  "scale": aux["scale"], "bias": aux["bias"]}
+    metrics = {"loss": loss, "scale": aux["scale"], "bias": aux["bias"]}
+    if not self.chunked:
+      i2t, t2i = retrieval_accuracy(aux["image"], aux["text"], w)
+      n = jnp.maximum(w.sum(), 1.0)
+      metrics.update(i2t_accuracy=(i2t * w).sum() / n, t2i_accuracy=(t2i * w).sum() / n)
+    return loss, metrics
 
   def eval_sums(self, outputs, aux, batch):
     """Per-batch loss times the real examples, in-batch retrieval hits, and the count (module docstring)."""
