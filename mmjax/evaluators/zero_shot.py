@@ -26,7 +26,9 @@ Metrics: ``zero_shot/held_out``, ``zero_shot/seen``, ``zero_shot/all``, ``probe/
 kwargs: ``dataset`` (default ``digits_av_captions``: one caption per image; the training dataset's other
 data settings are kept, ``keep_labels`` is dropped), ``split`` (``test``), ``probe_split`` (``train``),
 ``held_out`` (``"7,8,9"``), ``ks`` (``(1, 5, 10)``), ``probe_steps`` (500), ``probe_l2`` (1e-4),
-``batch_size`` (``eval_batch_size``). Runs on one process (the prompts are not split over processes).
+``batch_size`` (``eval_batch_size``), ``class_names`` (the digit names ``zero`` .. ``nine``; class ``c`` is
+``label == c``), ``templates`` (the builder's caption templates, ``{digit}`` standing for the name). Runs
+on one process (the prompts are not split over processes).
 """
 
 from __future__ import annotations
@@ -114,13 +116,15 @@ class ZeroShot:
 
   def __init__(self, run, dataset: str = "digits_av_captions", split: str = "test",
                probe_split: str = "train", held_out: str = "7,8,9", ks=(1, 5, 10), probe_steps: int = 500,
-               probe_l2: float = 1e-4, batch_size: int | None = None):
+               probe_l2: float = 1e-4, batch_size: int | None = None, class_names=None, templates=None):
     self.run = run
     self.data = run.config.data.copy_and_resolve_references()
     self.data.name = dataset
     self.data.keep_labels = ""
     self.split, self.probe_split = split, probe_split
     self.held_out = pipeline.parse_labels(held_out)
+    self.class_names = tuple(class_names or LABEL_NAMES)
+    self.templates = tuple(templates or caption_templates())
     self.ks = tuple(int(k) for k in ks)
     self.probe_steps, self.probe_l2 = int(probe_steps), float(probe_l2)
     self.batch_size = batch_size or run.config.eval_batch_size
@@ -129,9 +133,12 @@ class ZeroShot:
     self.text_key = getattr(model, "text_key", "caption_tokens")
     if self.text_key not in self.data.max_lengths:
       raise ConfigError(f"zero_shot: data.max_lengths has no {self.text_key!r} (the model's text_key)")
-    bad = [c for c in self.held_out if not 0 <= c < len(LABEL_NAMES)]
+    bad = [c for c in self.held_out if not 0 <= c < len(self.class_names)]
     if bad:
-      raise ConfigError(f"zero_shot: held_out classes {bad} are not digits 0..9")
+      raise ConfigError(f"zero_shot: held_out classes {bad} are not class ids 0..{len(self.class_names) - 1}")
+    if not all("{digit}" in t for t in self.templates):
+      raise ConfigError(f"zero_shot: every template needs a {{digit}} field for the class name; got "
+                        f"{self.templates}")
     self._embed = jax.jit(lambda params, batch: self._embed_fn(params, batch))
 
   def _embed_fn(self, params, batch):
@@ -154,18 +161,17 @@ class ZeroShot:
 
   def prompt_embeddings(self, params, image_shape) -> np.ndarray:
     """``[C, D]`` class embeddings from the caption templates filled with each digit name."""
-    templates = caption_templates()
-    tokens, mask = class_prompts(LABEL_NAMES, templates, int(self.data.max_lengths[self.text_key]))
+    tokens, mask = class_prompts(self.class_names, self.templates, int(self.data.max_lengths[self.text_key]))
     batch = {self.image_key: np.zeros((len(tokens), *image_shape), np.float32), self.text_key: tokens,
              f"{self.text_key}_mask": mask}
     _, y = jax.device_get(self._embed(params, batch))
-    return class_embeddings(np.asarray(y), len(LABEL_NAMES))
+    return class_embeddings(np.asarray(y), len(self.class_names))
 
   def scores(self, params) -> dict:
     test = self.embeddings(params, self.split)
     classes = self.prompt_embeddings(params, self._image_shape)
     labels = test["label"]
-    all_classes = list(range(len(LABEL_NAMES)))
+    all_classes = list(range(len(self.class_names)))
     seen = [c for c in all_classes if c not in self.held_out]
     zs = test["image"] @ classes.T
     metrics = {"zero_shot/held_out": accuracy_among(zs, labels, self.held_out),
@@ -177,7 +183,7 @@ class ZeroShot:
       for k, r in recall_at_k(s, same, self.ks).items():
         metrics[f"retrieval/{direction}/R@{k}"] = r
     train = self.embeddings(params, self.probe_split)
-    predict = linear_probe(train["image"], train["label"], len(LABEL_NAMES), steps=self.probe_steps,
+    predict = linear_probe(train["image"], train["label"], len(self.class_names), steps=self.probe_steps,
                            l2=self.probe_l2)
     ps = predict(test["image"])
     metrics.update({"probe/held_out": accuracy_among(ps, labels, self.held_out),
@@ -190,7 +196,8 @@ class ZeroShot:
     result = Result(metrics)
     if self.run.is_main:
       doc = {"split": self.split, "step": step, "held_out": list(self.held_out), "ks": list(self.ks),
-             "chance": {"held_out": 1 / len(self.held_out), "all": 1 / len(LABEL_NAMES)}, "metrics": metrics}
+             "chance": {"held_out": 1 / len(self.held_out), "all": 1 / len(self.class_names)},
+             "metrics": metrics}
       result.files.append(write_json(self.run.workdir / "zero_shot" / f"{name}-step{step:06d}.json", doc))
     return result
 
