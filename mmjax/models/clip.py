@@ -38,8 +38,10 @@ Deviations from the papers (and from the original code, which was read for facts
     (no language-modelling objective is trained, so causality is not needed) and reads the last valid
     token (``text_pool="last"``).
   * The temperature is clipped in the forward pass (``min(exp(t), max_scale)``), not by clamping the
-    parameter after each step as the original CLIP code does: the logits are the same; a clipped
-    parameter gets no gradient from above the bound, so it does not drift further.
+    parameter after each optimizer step (what open_clip does; the paper says only that it is clipped at
+    100): the logits are the same, and above the bound the parameter gets no gradient, so it stays put.
+  * Training here holds out classes (``data.keep_labels``) whose names then never occur in any training
+    caption; see configs/clip_digits.py for what that means for zero-shot accuracy.
 """
 
 from __future__ import annotations
