@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.truncate = False  # longer sequences: error (False) or cut to max length (True)
   c.data.tokenizer = ""  # "gpt2:DIR": add <tokenize_field>_tokens from a text feature (GPT-2 BPE)
   c.data.tokenize_field = "caption"
+  c.data.keep_labels = ""  # e.g. "0,1,2": train only on examples whose `label` is one of these ("" = all)
   c.data.prepare = True  # build embedded datasets on first use
   c.data.num_threads = 2  # reader threads
 

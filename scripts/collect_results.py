@@ -4,9 +4,9 @@
 
 From the sweep directory (``mmjax sweep --workdir``): ``summary.json`` and ``summary.md``, and per seed the
 small files that figures are drawn from (``metrics.json``, ``metrics.jsonl``, ``config.json``,
-``confusion/*.json``, ``robustness/*.json``, ``fewshot/*.json``); never checkpoints or event files. The
-README's tables (``scripts/make_readme_tables.py``) and figures (``scripts/make_readme_figures.py``) read
-only these committed copies.
+``confusion/*.json``, ``robustness/*.json``, ``fewshot/*.json``, ``zero_shot/*.json``); never checkpoints or
+event files. The README's tables (``scripts/make_readme_tables.py``) and figures
+(``scripts/make_readme_figures.py``) read only these committed copies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 PER_SEED = ("metrics.json", "metrics.jsonl", "config.json")
-PER_SEED_FOLDERS = ("confusion", "robustness", "fewshot")
+PER_SEED_FOLDERS = ("confusion", "robustness", "fewshot", "zero_shot")
 
 
 def collect(sweep: Path, dest: Path) -> list[Path]:

@@ -132,7 +132,7 @@ def test_console_script_is_installed():
     ([f"--config={CONFIGS / 'late_fusion_digits.py'}:smell"], "unknown config argument 'smell'"),
     (["--config.optimizer.schedule=cosin"], "Valid names: constant, cosine, warmup_cosine, linear"),
     (["--config.optimizer.name=lion"], "Valid names: adamw, adam, sgd"),
-    (["--config.task.name=foo"], "Valid names: classification, multilabel_binary, next_token"),
+    (["--config.task.name=foo"], "Valid names: classification, contrastive, multilabel_binary, next_token"),
     (["--config.evaluators.x.name=robustnes"], "Did you mean robustness"),
     (["--config.num_steps=0"], "num_steps must be an integer >= 1"),
     (["--config.log_every=0"], "log_every must be an integer >= 1"),

@@ -23,6 +23,7 @@ CONFIG_OF = {
     "frozen": "frozen_digits.py:runlocal",
     "causal_lm": "frozen_digits.py:lm,runlocal",
     "mag": "mag_digits.py:runlocal",
+    "clip": "clip_digits.py:runlocal",
 }
 B = 4
 

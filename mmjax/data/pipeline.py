@@ -398,10 +398,56 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+def parse_labels(spec) -> tuple[int, ...]:
+  """``"0,1,2"`` (``data.keep_labels``) -> ``(0, 1, 2)``; ``""`` -> ``()`` (keep every label)."""
+  if isinstance(spec, (list, tuple)):
+    return tuple(int(v) for v in spec)
+  try:
+    return tuple(int(p) for p in str(spec or "").split(",") if p.strip())
+  except ValueError:
+    raise DatasetError(f"data.keep_labels must be comma-separated integer labels, e.g. '0,1,2'; got {spec!r}"
+                       ) from None
+
+
+class Subset:
+  """The examples ``indices`` of a random-access ``source``, in that order."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index):
+    return self.source[int(self.indices[index])]
+
+
+def keep_labels(source, labels: tuple[int, ...], name: str, split: str, key: str = "label"):
+  """``source`` restricted to the examples whose ``key`` is in ``labels`` (all of it when ``labels`` is
+  empty), e.g. to hold classes out of training for zero-shot evaluation."""
+  if not labels:
+    return source
+  values = []
+  for i in range(len(source)):
+    example = source[i]
+    if key not in example:
+      raise DatasetError(f"data.keep_labels needs a {key!r} feature; dataset {name!r} has {sorted(example)}")
+    values.append(int(np.asarray(example[key])))
+  indices = np.nonzero(np.isin(np.asarray(values), np.asarray(labels)))[0]
+  if not len(indices):
+    kept = ",".join(map(str, labels))
+    raise DatasetError(f"data.keep_labels={kept} keeps no example of split {split!r} of {name!r} (its "
+                       f"labels: {sorted(set(values))})")
+  return Subset(source, indices)
+
+
 def train_batches(data_cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Endless iterator of this process's training batches, starting at batch ``start_step``."""
+  """Endless iterator of this process's training batches, starting at batch ``start_step`` (only the
+  examples of ``data.keep_labels`` when it is set)."""
   source = open_split(data_cfg, data_cfg.train_split)
+  source = keep_labels(source, parse_labels(data_cfg.get("keep_labels", "")), data_cfg.name,
+                       data_cfg.train_split)
   local = local_batch_size(global_batch_size, process_count)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if len(ds) < local:

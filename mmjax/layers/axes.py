@@ -113,6 +113,13 @@ def activation_sharding(mesh, rules):
     _ACTIVATION_CONTEXT.reset(token)
 
 
+def current_mesh():
+  """The mesh of the enclosing :func:`activation_sharding` context (the engine's step being traced), or
+  None outside it. Losses with explicit collectives (SigLIP's ring, ``mmjax.tasks.contrastive``) read it."""
+  context = _ACTIVATION_CONTEXT.get()
+  return None if context is None else context[0]
+
+
 def constrain(x: jax.Array, names: Axes) -> jax.Array:
   """``x`` with a sharding constraint from the logical names ``names`` (one per dimension, ``None`` =
   unconstrained replicated) inside :func:`activation_sharding`; ``x`` itself outside it. Dimensions their

@@ -3,6 +3,7 @@
 
 from mmjax.models import (  # noqa: F401  (registration side effects)
     causal_lm,
+    clip,
     early_fusion,
     frozen,
     late_fusion,

@@ -25,13 +25,15 @@ import difflib
 from mmjax.errors import ConfigError
 from mmjax.tasks.checks import LabelError
 from mmjax.tasks.classification import Classification
+from mmjax.tasks.contrastive import Contrastive
 from mmjax.tasks.multilabel import MultiLabelBinary
 from mmjax.tasks.next_token import NextToken
 from mmjax.tasks.regression import Regression
 from mmjax.tasks.vae import VAE
 
 _TASKS = {"classification": Classification, "regression": Regression,
-          "multilabel_binary": MultiLabelBinary, "next_token": NextToken, "vae": VAE}
+          "multilabel_binary": MultiLabelBinary, "next_token": NextToken, "vae": VAE,
+          "contrastive": Contrastive}
 
 
 def names() -> list[str]:
@@ -53,5 +55,5 @@ def get(name: str, **kwargs):
                       f"{fields}") from None
 
 
-__all__ = ["Classification", "LabelError", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get",
+__all__ = ["Classification", "Contrastive", "LabelError", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get",
            "names"]
