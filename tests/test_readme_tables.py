@@ -123,3 +123,24 @@ def test_real_spec_is_well_formed_and_a_readme_without_markers_is_left_alone(scr
   readme.write_text("no tables here\n")
   assert script.main(["--readme", str(readme), "--results", str(tmp_path), "--check"]) == 0
   assert "nothing to do" in capsys.readouterr().out
+
+
+def test_published_tables_name_their_sources_and_bad_files_are_errors(script, tmp_path, capsys):
+  results, readme = tmp_path / "results", tmp_path / "README.md"
+  readme.write_text("<!-- table:published_cmu_mosi -->\nold\n<!-- /table:published_cmu_mosi -->\n")
+  args = ["--readme", str(readme), "--results", str(results)]
+  assert script.main(args) == 2 and "not committed" in unwrap(capsys.readouterr().err)
+  (results / "published").mkdir(parents=True)
+  path = results / "published" / "cmu_mosi.json"
+  columns = [["acc2", "Acc-2", ".1f"], ["mae", "MAE", ".3f"]]
+  path.write_text(json.dumps({"title": "Paper numbers", "columns": columns,
+                              "rows": [{"model": "X", "acc2": 77.14, "mae": 0.87, "source": "Someone, 2017"},
+                                       {"model": "Y", "acc2": 70.0, "source": "Other, 2018"}]}))
+  assert script.main(args) == 0
+  text = readme.read_text()
+  assert "| X | 77.1 | 0.870 | Someone, 2017 |" in text and "| Y | 70.0 | \u2013 | Other, 2018 |" in text
+  assert "Paper numbers: as reported by the source of each row, not measured here" in unwrap(text)
+  path.write_text(json.dumps({"rows": []}))  # no columns
+  assert script.main(args) == 2 and "not a table of published numbers" in unwrap(capsys.readouterr().err)
+  # the committed file renders
+  assert "| LMF |" in script.render_published("published_cmu_mosi", ROOT / "results")
