@@ -6,8 +6,9 @@ MCTN reads only its source at test time, so a text source would be capped near t
 translation audio -> image -> audio, then the hierarchical level joint -> text. Its baseline is therefore
 ``late_fusion_digits.py:audio``, not late fusion of all three modalities. The readouts are linear
 (``output_activation``): the standardized log-mel audio, the cycle's target, leaves tanh's range.
-Loss weights (0.1 translation, 0.1 cycle, 0.01 L2 on the output kernel) and the LSTM widths (32) are the
-original's; optimizer and schedule are digits_common's.
+Loss weights (0.1 translation, 0.1 cycle, 0.01 L2 on the output kernel) are the original's; the LSTM
+widths are 64, not the original's 32 (seed 0, validation accuracy at step 600: 95.5 % with 64, 91.1 % with
+32; the test split was not looked at for this choice); optimizer and schedule are digits_common's.
 
 Argument (comma-separated): a modality name makes it the source (the other two the targets, image before
 audio before text); ``runlocal`` shrinks the run to a few seconds.
@@ -20,7 +21,7 @@ def get_config(arg=None):
   c = base()
   c.model.name = "mctn"
   c.model.kwargs = {"source": "audio", "targets": ("image", "text"), "num_classes": 10,
-                    "vocab_size": VOCAB_SIZE, "hidden_dim": 32, "head_dim": 32, "encoder_layers": 1,
+                    "vocab_size": VOCAB_SIZE, "hidden_dim": 64, "head_dim": 64, "encoder_layers": 1,
                     "dropout": 0.0,
                     "output_activation": "linear", "translation_weight": 0.1, "cycle_weight": 0.1,
                     "translation2_weight": 0.1, "head_l2": 0.01}
