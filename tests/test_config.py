@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if not p.stem.endswith("_common"))
 ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "aligned"],
         "mult_iemocap": ["", "aligned,vonly"], "frozen_digits": ["", "lm", "vocab"],
-        "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"],
+        "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"], "mctn_digits": ["", "image,runlocal"],
         "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 

@@ -18,6 +18,7 @@ CONFIG_OF = {
     "early_fusion": "early_fusion_digits.py:runlocal",
     "mult": "mult_digits.py:runlocal",
     "mfm": "mfm_digits.py:runlocal",
+    "mctn": "mctn_digits.py:runlocal",
     "mvae": "mvae_digits.py:runlocal",
     "mmvae": "mmvae_digits.py:runlocal",
     "frozen": "frozen_digits.py:runlocal",

@@ -1,5 +1,10 @@
 """Single-label classification: softmax cross-entropy loss, accuracy; per-example predictions for the
-confusion matrix (``mmjax.evaluators.split_metrics`` writes it)."""
+confusion matrix (``mmjax.evaluators.split_metrics`` writes it).
+
+Auxiliary losses (shared with :mod:`mmjax.tasks.regression`): a model may return
+``aux["losses"] = {name: (per_example [B], weight)}`` (e.g. MCTN's translation and cycle losses); the task
+adds ``weight * mean_B(per_example)`` over the valid examples to its loss, in training and in evaluation,
+and reports each unweighted mean under ``name`` (:func:`aux_losses`, :func:`aux_loss_sums`)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,32 @@ def example_weights(batch: dict, n: int):
   """``[B]`` float weights: ``batch["_valid"]`` when present (evaluation padding), else ones."""
   w = batch.get("_valid")
   return jnp.ones((n,), jnp.float32) if w is None else w.astype(jnp.float32)
+
+
+def _aux_terms(aux) -> dict:
+  return dict(aux.get("losses") or {}) if isinstance(aux, dict) else {}
+
+
+def aux_losses(aux, w):
+  """``(weighted total, {name: mean})`` of the model's ``aux["losses"]`` over examples weighted by ``w [B]``
+  (0.0 and ``{}`` when there are none)."""
+  n = jnp.maximum(w.sum(), 1.0)
+  total, metrics = 0.0, {}
+  for name, (per_example, weight) in _aux_terms(aux).items():
+    mean = (per_example.astype(jnp.float32) * w).sum() / n
+    metrics[name] = mean
+    total = total + weight * mean
+  return total, metrics
+
+
+def aux_loss_sums(aux, w):
+  """``(weighted total sum, {name: sum})`` of ``aux["losses"]`` over examples weighted by ``w [B]``."""
+  total, sums = 0.0, {}
+  for name, (per_example, weight) in _aux_terms(aux).items():
+    s = (per_example.astype(jnp.float32) * w).sum()
+    sums[name] = s
+    total = total + weight * s
+  return total, sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,20 +64,22 @@ class Classification:
     return losses, correct
 
   def loss(self, outputs, aux, batch):
-    """Mean cross-entropy over the batch, and the batch accuracy."""
-    del aux
+    """Mean cross-entropy over the batch (plus the model's auxiliary losses), and the batch accuracy."""
     losses, correct = self._per_example(outputs, batch)
     w = example_weights(batch, losses.shape[0])
     n = jnp.maximum(w.sum(), 1.0)
-    loss = (losses * w).sum() / n
-    return loss, {"loss": loss, "accuracy": (correct * w).sum() / n}
+    extra, extra_metrics = aux_losses(aux, w)
+    loss = (losses * w).sum() / n + extra
+    return loss, {"loss": loss, "accuracy": (correct * w).sum() / n, **extra_metrics}
 
   def eval_sums(self, outputs, aux, batch):
-    """Sums of loss and correct predictions over valid examples, and their count."""
-    del aux
+    """Sums of loss (auxiliary losses included) and correct predictions over valid examples, and their
+    count."""
     losses, correct = self._per_example(outputs, batch)
     w = example_weights(batch, losses.shape[0])
-    return {"loss": (losses * w).sum(), "accuracy": (correct * w).sum(), "count": w.sum()}
+    extra, extra_sums = aux_loss_sums(aux, w)
+    return {"loss": (losses * w).sum() + extra, "accuracy": (correct * w).sum(), "count": w.sum(),
+            **extra_sums}
 
   def eval_outputs(self, outputs, aux, batch):
     """Per-example ``prediction`` (argmax class) and ``label`` ``[B]`` int32, for a confusion matrix."""

@@ -10,7 +10,7 @@ import numpy as np
 from mmjax.errors import ConfigError
 from mmjax.metrics import mosi_metrics
 from mmjax.tasks import checks
-from mmjax.tasks.classification import example_weights
+from mmjax.tasks.classification import aux_loss_sums, aux_losses, example_weights
 
 LOSSES = ("l1", "l2")
 METRICS = ("mosi", "")
@@ -54,19 +54,20 @@ class Regression:
     return pred, label, jnp.abs(diff) if self.loss_type == "l1" else diff**2
 
   def loss(self, outputs, aux, batch):
-    """Mean L1 (or L2) error over the batch."""
-    del aux
+    """Mean L1 (or L2) error over the batch, plus the model's auxiliary losses (``aux["losses"]``, see
+    :mod:`mmjax.tasks.classification`)."""
     _, _, errors = self._errors(outputs, batch)
     w = example_weights(batch, errors.shape[0])
-    loss = (errors * w).sum() / jnp.maximum(w.sum(), 1.0)
-    return loss, {"loss": loss}
+    extra, extra_metrics = aux_losses(aux, w)
+    loss = (errors * w).sum() / jnp.maximum(w.sum(), 1.0) + extra
+    return loss, {"loss": loss, **extra_metrics}
 
   def eval_sums(self, outputs, aux, batch):
-    """Sum of errors over valid examples, and their count."""
-    del aux
+    """Sum of errors (auxiliary losses included) over valid examples, and their count."""
     _, _, errors = self._errors(outputs, batch)
     w = example_weights(batch, errors.shape[0])
-    return {"loss": (errors * w).sum(), "count": w.sum()}
+    extra, extra_sums = aux_loss_sums(aux, w)
+    return {"loss": (errors * w).sum() + extra, "count": w.sum(), **extra_sums}
 
   def eval_outputs(self, outputs, aux, batch):
     """Per-example predictions and labels, for the split-level metrics."""
