@@ -6,6 +6,7 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     early_fusion,
     frozen,
     late_fusion,
+    mbt,
     mfm,
     mmvae,
     mult,
