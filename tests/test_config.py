@@ -13,7 +13,6 @@ EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if not p.stem.endswith("_co
 ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "aligned"],
         "mult_iemocap": ["", "aligned,vonly"], "frozen_digits": ["", "lm", "vocab"],
         "mfm_mosi": ["", "unaligned"],
-        "mbt_digits": ["", "attention"], "mbt_mosi": ["", "aligned,attention"],
         "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 
