@@ -2,32 +2,34 @@
 Bottlenecks for Multimodal Fusion", NeurIPS 2021; original JAX/Flax code: google-research/scenic,
 ``scenic/projects/mbt/model.py``).
 
-Architecture (paper sec. 3; ``L`` layers, fusion layer ``L_f`` = ``fusion_layer``, ``B`` =
-``num_bottlenecks``; every modality ``m`` has its own transformer parameters ``theta_m``):
+Architecture (paper sec. 3, "Multimodal fusion transformers"; section and equation numbers were not checked
+against a stored copy of the paper here, so the parts are cited by their titles and content). ``L`` layers,
+fusion layer ``L_f`` = ``fusion_layer``, ``B`` = ``num_bottlenecks``; every modality ``m`` has its own
+transformer parameters ``theta_m``:
 
-1. Tokens per modality (sec. 3.1): ``z_m = [z_cls,m; embed(x_m)]``, a learned CLS token (zero-initialised, as
-   in the original) in front of the embedded sequence (:class:`mmjax.layers.SequenceEmbed`).
-2. Layers ``l < L_f`` (sec. 3.2, "mid fusion"): separate streams, ``z_m^{l+1} = Transformer(z_m^l; theta_m)``.
-   No information crosses modalities.
-3. Layers ``l >= L_f`` with ``fusion="bottleneck"`` (sec. 3.2, "Fusion via attention bottlenecks"): ``B``
-   learned bottleneck tokens ``z_fsn`` (initialised ``N(0, 0.02)``) are appended to each modality,
+1. Tokens per modality (the ViT / AST tokenisation): ``z_m = [z_cls,m; embed(x_m)]``, a learned CLS token
+   (zero-initialised, as in the original) in front of the embedded sequence
+   (:class:`mmjax.layers.SequenceEmbed`).
+2. Layers ``l < L_f`` ("mid fusion": early layers process each modality alone): separate streams,
+   ``z_m^{l+1} = Transformer(z_m^l; theta_m)``. No information crosses modalities.
+3. Layers ``l >= L_f`` with ``fusion="bottleneck"`` ("Fusion via attention bottlenecks"): ``B`` learned
+   bottleneck tokens ``z_fsn`` (initialised ``N(0, 0.02)``) are appended to each modality,
    ``[z_m^{l+1}; zhat_fsn,m^{l+1}] = Transformer([z_m^l; z_fsn^l]; theta_m)``, and the bottleneck update is
    the average over modalities, ``z_fsn^{l+1} = Avg_m(zhat_fsn,m^{l+1})``. Modalities exchange information
-   only through those ``B`` tokens. (The issue quotes these as Eqs. 8-9; the numbering was not checked
-   against a stored copy of the paper here, so they are cited by section and content.) The tokens that
+   only through those ``B`` tokens (the issue cites these two updates as Eqs. 8-9). The tokens that
    enter layer ``L_f`` are the learned initial ones, so layer ``L_f`` only WRITES into them and a
    modality's tokens first depend on another modality's input at the output of layer ``L_f + 1``: with
    ``fusion_layer = num_layers - 1`` the bottleneck model is still late fusion (as in the original code).
-4. Layers ``l >= L_f`` with ``fusion="attention"`` (sec. 3.2, "vanilla cross-attention" / "full
-   pairwise attention" with modality-specific weights): every modality's layer attends over the tokens of
-   all modalities concatenated, ``z_m^{l+1} = Transformer([z_1^l; ...; z_M^l]; theta_m)`` restricted to
-   the positions of ``z_m``. With ``share_weights`` one set of weights serves every modality (the
-   original's ``share_encoder``), and from ``L_f`` on the modalities form one stream (the paper's vanilla
-   self-attention over ``[z_rgb || z_spec]``).
+4. Layers ``l >= L_f`` with ``fusion="attention"`` ("Fusion with modality-specific parameters", i.e. full
+   pairwise attention between all tokens): every modality's layer attends over the tokens of all
+   modalities concatenated, ``z_m^{l+1} = Transformer([z_1^l; ...; z_M^l]; theta_m)`` restricted to the
+   positions of ``z_m``. With ``share_weights`` one set of weights serves every modality (the original's
+   ``share_encoder``), and from ``L_f`` on the modalities form one stream ("Fusion via vanilla
+   self-attention" over ``[z_rgb || z_spec]``).
 5. A shared final LayerNorm; ``classifier="token"``: the CLS outputs of the modalities go through one
-   shared linear classifier and the logits are averaged (sec. 3.3 / the original's ``classifier="token"``
-   path); ``classifier="gap"``: the mean over all valid tokens of all modalities, then the classifier (the
-   original's released AudioSet config uses ``gap``).
+   shared linear classifier and the logits are averaged (the paper's classification readout; the
+   original's ``classifier="token"`` path); ``classifier="gap"``: the mean over all valid tokens of all
+   modalities, then the classifier (the original's released AudioSet config uses ``gap``).
 
 ``fusion_layer = 0`` is early fusion, ``fusion_layer = num_layers`` late fusion (CLS logits averaged, no
 cross-modal attention); ``num_bottlenecks = 0`` with ``fusion="bottleneck"`` keeps the streams separate at
