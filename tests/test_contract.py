@@ -17,6 +17,7 @@ CONFIG_OF = {
     "late_fusion": "late_fusion_digits.py:runlocal",
     "early_fusion": "early_fusion_digits.py:runlocal",
     "mult": "mult_digits.py:runlocal",
+    "mbt": "mbt_digits.py:runlocal",
     "mfm": "mfm_digits.py:runlocal",
     "mctn": "mctn_digits.py:runlocal",
     "mvae": "mvae_digits.py:runlocal",

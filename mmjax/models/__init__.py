@@ -8,6 +8,7 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     frozen,
     late_fusion,
     mag,
+    mbt,
     mctn,
     mfm,
     mmvae,
