@@ -12,7 +12,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if not p.stem.endswith("_common"))
 ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "aligned"],
         "mult_iemocap": ["", "aligned,vonly"], "frozen_digits": ["", "lm", "vocab"],
-        "mfm_mosi": ["", "unaligned"],
+        "mfm_mosi": ["", "unaligned"], "tfn_mosi": ["", "unaligned"],
+        "tfn_digits": ["", "audio"],
         "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 

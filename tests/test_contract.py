@@ -22,6 +22,8 @@ CONFIG_OF = {
     "mmvae": "mmvae_digits.py:runlocal",
     "frozen": "frozen_digits.py:runlocal",
     "causal_lm": "frozen_digits.py:lm,runlocal",
+    "tfn": "tfn_digits.py:runlocal",
+    "lmf": "lmf_digits.py:runlocal",
 }
 B = 4
 

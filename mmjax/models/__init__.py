@@ -6,10 +6,12 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     early_fusion,
     frozen,
     late_fusion,
+    lmf,
     mfm,
     mmvae,
     mult,
     mvae,
+    tfn,
 )
 from mmjax.models.convert import hf_gpt2, mult_torch  # noqa: F401  (loader registration)
 from mmjax.models.registry import (
