@@ -81,10 +81,10 @@ def test_full_rank_low_rank_fusion_equals_the_tensor_fusion_contraction():
 def test_low_rank_fusion_module_parameters_and_shape_errors():
   hs = _vectors((3, 2))
   module = fusion.LowRankFusion(features=5, rank=4)
-  params = nn.unbox(module.init(jax.random.PRNGKey(0), hs))["params"]
+  params = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.PRNGKey(0), hs))["params"])
   assert jax.tree_util.tree_map(np.shape, params) == {
       "factor_0": (4, 4, 5), "factor_1": (4, 3, 5), "rank_weights": (4,), "bias": (5,)}
-  assert module.apply({"params": params}, hs).shape == (4, 5)
+  assert jax.eval_shape(lambda p: module.apply({"params": p}, hs), params).shape == (4, 5)
   with pytest.raises(ValueError, match=r"must be \[R, 4, O\]"):
     fusion.low_rank_fusion(hs, [np.zeros((2, 3, 5)), np.zeros((2, 3, 5))], np.ones(2))
 
@@ -188,6 +188,11 @@ TINY = dict(modalities=("audio", "image", "text"), subnets=("lstm", "flat", "lst
             output_range=None)
 
 
+def init_params(model, batch):
+  """Parameters of ``model`` for ``batch`` (``init`` compiled once: faster than running it eagerly)."""
+  return jax.jit(lambda b: nn.unbox(model.init(jax.random.PRNGKey(0), b, train=False))["params"])(batch)
+
+
 def tiny_batch(b=3, seed=0):
   rng = np.random.default_rng(seed)
   lengths_a, lengths_t = np.array([7, 4, 2]), np.array([5, 6, 1])
@@ -211,7 +216,7 @@ def _move_padding_to_front(batch, key):
 def test_padding_position_does_not_change_the_output(cls, extra):
   model = cls(**TINY, **extra)
   batch = tiny_batch()
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+  params = init_params(model, batch)
   apply = jax.jit(lambda b: model.apply({"params": params}, b, train=False)[0])
   back = np.asarray(apply(batch))
   front = dict(batch)
@@ -257,9 +262,9 @@ def test_bad_fields_say_what_to_fix(kwargs, message):
 def test_output_range_squashes_the_regression_output():
   batch = {k: v for k, v in tiny_batch().items() if k != "label"}
   model = tfn.TFN(**{**TINY, "output_dim": 1, "output_range": (-3.0, 3.0)}, post_fusion_dim=8)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+  params = init_params(model, batch)
   params = jax.tree_util.tree_map(lambda p: 50.0 * p, params)  # saturate the sigmoid
-  out = np.asarray(model.apply({"params": params}, batch, train=False)[0])
+  out = np.asarray(jax.jit(lambda p: model.apply({"params": p}, batch, train=False)[0])(params))
   assert out.shape == (3, 1) and (np.abs(out) <= 3.0).all() and np.abs(out).max() > 2.9
 
 
@@ -268,7 +273,7 @@ def test_output_range_squashes_the_regression_output():
 def test_loss_decreases_on_a_tiny_batch(cls, extra):
   model = cls(**{**TINY, "dropouts": (0.0, 0.0, 0.0)}, **extra)
   batch = tiny_batch()
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, train=False))["params"]
+  params = init_params(model, batch)
   opt = optax.adam(1e-2)
 
   def loss_fn(p):
