@@ -5,7 +5,9 @@ is flattened into a three-layer ReLU MLP (``"flat"``; the paper's visual/acousti
 features), the 80-step log-mel spectrogram and the 20 text tokens each go through their own one-layer
 LSTM (the paper's language subnetwork; a time-averaged spectrogram would lose the digit's temporal shape).
 Widths are kept modest so the fused tensor, (16 + 1)(32 + 1)(16 + 1) = 9,537 features, trains in a few
-minutes on a CPU. Classification: ``output_dim = 10`` logits (``output_range = None``).
+minutes on a CPU. Classification: ``output_dim = 10`` logits (``output_range = None``). 1,200 steps instead
+of the shared 600: chosen on the validation split (seed 0: 94.4 % after 600 steps, 96.1 % after 1,200;
+a wider audio LSTM, 128 units with dropout 0.2, reached 95.5 % after 600); the LMF config takes the same.
 
 ``FILE:image`` / ``:audio`` / ``:text`` trains on one modality; ``:runlocal`` shrinks the run to seconds.
 """
@@ -15,6 +17,7 @@ from digits_common import MODALITIES, VOCAB_SIZE, base, shrink, with_robustness
 SUBNETS = {"image": "flat", "audio": "lstm", "text": "lstm"}
 HIDDEN = {"image": 64, "audio": 64, "text": 32}
 OUT = {"image": 16, "audio": 32, "text": 16}
+STEPS = 1200  # chosen on the validation split (see above)
 
 
 def model_kwargs(modalities=MODALITIES, dropout=0.1):
@@ -43,4 +46,5 @@ def get_config(arg=None):
   c = base()
   c.model.name = "tfn"
   c.model.kwargs = {**model_kwargs(), "post_fusion_dim": 64, "post_fusion_dropout": 0.1}
+  c.num_steps = STEPS
   return apply_fusion_arg(with_robustness(c), arg)
