@@ -1,7 +1,8 @@
 """Fusion of one vector per modality: the tensor (outer-product) fusion and its low-rank factorisation.
 
 Inputs are ``M`` modality vectors ``h_m [B, D_m]``. Both operators first append a constant 1 to each
-vector, ``z_m = [1; h_m] [B, D_m + 1]`` (the 1 comes first, as in both papers' original code), so that a
+vector, ``z_m = [1; h_m] [B, D_m + 1]`` (the 1 comes first, as in both papers' original code; the papers
+write ``[h; 1]``, the same tensor up to a permutation of its entries), so that a
 product across modalities keeps every lower-order term: the entry of the product that takes the constant
 of every modality but one is that modality's feature itself (a unimodal term), the entries that take the
 constant of all but two are the pairwise products (bimodal terms), and so on up to the ``M``-fold products.
