@@ -6,8 +6,10 @@ features), the 80-step log-mel spectrogram and the 20 text tokens each go throug
 LSTM (the paper's language subnetwork; a time-averaged spectrogram would lose the digit's temporal shape).
 Widths are kept modest so the fused tensor, (16 + 1)(32 + 1)(16 + 1) = 9,537 features, trains in a few
 minutes on a CPU. Classification: ``output_dim = 10`` logits (``output_range = None``). 1,200 steps instead
-of the shared 600: chosen on the validation split (seed 0: 94.4 % after 600 steps, 96.1 % after 1,200;
-a wider audio LSTM, 128 units with dropout 0.2, reached 95.5 % after 600); the LMF config takes the same.
+of the shared 600 and dropout 0.3 (the PyTorch original's) instead of 0.1, both chosen on the validation
+split: seed 0 reached 94.4 % after 600 steps, 96.1 % after 1,200 (a wider audio LSTM, 128 units with
+dropout 0.2, 95.5 % after 600); with dropout 0.3 the final validation loss fell from 0.114 to 0.043 (seed
+0) and from 0.168 to 0.087 (seed 1). LMF takes the 1,200 steps and keeps dropout 0.1.
 
 ``FILE:image`` / ``:audio`` / ``:text`` trains on one modality; ``:runlocal`` shrinks the run to seconds.
 """
@@ -45,6 +47,6 @@ def apply_fusion_arg(c, arg):
 def get_config(arg=None):
   c = base()
   c.model.name = "tfn"
-  c.model.kwargs = {**model_kwargs(), "post_fusion_dim": 64, "post_fusion_dropout": 0.1}
+  c.model.kwargs = {**model_kwargs(dropout=0.3), "post_fusion_dim": 64, "post_fusion_dropout": 0.3}
   c.num_steps = STEPS
   return apply_fusion_arg(with_robustness(c), arg)
