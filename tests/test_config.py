@@ -13,6 +13,7 @@ EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.py") if not p.stem.endswith("_co
 ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "aligned"],
         "mult_iemocap": ["", "aligned,vonly"], "frozen_digits": ["", "lm", "vocab"],
         "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"], "mctn_digits": ["", "image,runlocal"],
+        "tfn_mosi": ["", "unaligned"], "tfn_digits": ["", "audio"],
         "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 

@@ -26,6 +26,8 @@ CONFIG_OF = {
     "causal_lm": "frozen_digits.py:lm,runlocal",
     "mag": "mag_digits.py:runlocal",
     "clip": "clip_digits.py:runlocal",
+    "tfn": "tfn_digits.py:runlocal",
+    "lmf": "lmf_digits.py:runlocal",
 }
 B = 4
 

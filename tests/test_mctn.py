@@ -83,7 +83,8 @@ def test_padding_changes_neither_prediction_nor_losses():
   np.testing.assert_allclose(aux["losses"]["cycle/audio"][0], aux2["losses"]["cycle/audio"][0], rtol=1e-5)
 
 
-@pytest.mark.slow  # ~12 s of CPU (the gradient of 20 LSTM scans compiles); the contract test covers the default
+# ~12 s of CPU (the gradient of 20 LSTM scans compiles); the contract test covers the default
+@pytest.mark.slow
 def test_translation_and_cycle_losses_train_the_encoder_and_fall_on_a_tiny_batch():
   model, batch = tiny(), fake_batch()
   params = init(model, batch)

@@ -7,6 +7,7 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     early_fusion,
     frozen,
     late_fusion,
+    lmf,
     mag,
     mbt,
     mctn,
@@ -14,6 +15,7 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     mmvae,
     mult,
     mvae,
+    tfn,
 )
 from mmjax.models.convert import hf_bert, hf_gpt2, mult_torch  # noqa: F401  (loader registration)
 from mmjax.models.registry import (

@@ -55,5 +55,5 @@ def get(name: str, **kwargs):
                       f"{fields}") from None
 
 
-__all__ = ["Classification", "Contrastive", "LabelError", "MultiLabelBinary", "NextToken", "Regression", "VAE", "get",
-           "names"]
+__all__ = ["Classification", "Contrastive", "LabelError", "MultiLabelBinary", "NextToken", "Regression",
+           "VAE", "get", "names"]
