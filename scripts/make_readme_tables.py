@@ -59,6 +59,10 @@ TABLES = {
             ("late_fusion", "late fusion", "configs/late_fusion_digits.py"),
             ("early_fusion", "early fusion", "configs/early_fusion_digits.py"),
             ("mult", "MulT", "configs/mult_digits.py"),
+            ("tfn", "TFN", "configs/tfn_digits.py"),
+            ("lmf", "LMF", "configs/lmf_digits.py"),
+            ("mbt", "MBT", "configs/mbt_digits.py"),
+            ("mag", "MAG (BERT)", "configs/mag_digits.py"),
         ],
         "columns": [
             ("robustness/clean/accuracy", "clean", "percent"),
@@ -145,6 +149,26 @@ TABLES["frozen_perplexity_digits_av"] = {
         ("frozen-vocab", "Frozen, vocab mixture (test captions)", "configs/frozen_digits.py:vocab", "test/"),
     ],
     "columns": [("perplexity", "perplexity", "2f"), ("token_accuracy", "token accuracy", "percent")],
+}
+
+TABLES["fusion_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("model", "config"),
+    "rows": [
+        ("tfn", "TFN", "configs/tfn_digits.py"),
+        ("lmf", "LMF", "configs/lmf_digits.py"),
+        ("mbt", "MBT", "configs/mbt_digits.py"),
+        ("mag", "MAG (BERT)", "configs/mag_digits.py"),
+        ("mctn", "MCTN (reads speech only)", "configs/mctn_digits.py"),
+        ("late_fusion", "late fusion (for comparison)", "configs/late_fusion_digits.py"),
+        ("late_fusion-audio", "speech alone (for comparison)", "configs/late_fusion_digits.py:audio"),
+    ],
+    "columns": [
+        ("num_params", "params", "int"),
+        ("validation/accuracy", "validation acc.", "percent"),
+        ("test/accuracy", "test acc.", "percent"),
+        ("best/test/accuracy", "test acc., best val. loss", "percent"),
+    ],
 }
 
 TABLES["clip_digits_av"] = {
