@@ -55,8 +55,8 @@ def tiny_config(data_dir):
 HEAVY_FIRST = (
     "test_sharding.py", "test_cross_modal.py", "test_multiprocess.py", "test_frozen.py", "test_contract.py",
     "test_cli.py", "test_engine.py", "test_train.py", "test_pretrained.py", "test_vae.py",
-    "test_bad_inputs.py", "test_prng.py", "test_models.py", "test_tasks.py", "test_evaluators.py",
-    "test_flops.py",
+    "test_bad_inputs.py", "test_mag.py", "test_clip.py", "test_prng.py", "test_fusion.py", "test_models.py",
+    "test_tasks.py", "test_evaluators.py", "test_mctn.py", "test_mbt.py", "test_flops.py",
 )
 
 

@@ -134,8 +134,13 @@ def test_every_model_on_a_2x2x2_mesh_equals_one_device(name, data_dir, tmp_path)
   check_placement(state, name)
 
 
-# (8, 1, 1) is -m slow: pure data parallelism over 8 devices is tests/test_train.py's sharded run.
-@pytest.mark.parametrize("mesh", [pytest.param(m, marks=pytest.mark.slow) if m == (8, 1, 1) else m
+# -m slow: (8, 1, 1), pure data parallelism over 8 devices, is tests/test_train.py's sharded run; and
+# (1, 1, 8): tensor parallelism runs by default in the (2, 2, 2) cases above, and a dimension that `tensor`
+# does not divide (4 heads on 8) in test_tensor_and_fsdp_rules_place_the_parameters and the activation tests.
+SLOW_MESHES = ((8, 1, 1), (1, 1, 8))
+
+
+@pytest.mark.parametrize("mesh", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MESHES else m
                                   for m in OTHER_MESHES], ids=mesh_id)
 def test_late_fusion_on_every_mesh_equals_one_device(mesh, data_dir, tmp_path):
   check_mesh("late_fusion", mesh, data_dir, tmp_path)
