@@ -181,6 +181,9 @@ def test_second_run_in_a_workdir_is_refused_and_a_kill_during_a_checkpoint_write
   assert final_metrics(tmp_path) == expected
 
 
+# -m slow: the default suite keeps the SIGTERM resume and the kill during a checkpoint write; this one adds
+# the kill inside the final evaluation (~29 s)
+@pytest.mark.slow
 def test_kill_during_the_final_evaluation_then_the_next_command_completes(reference, data_dir, tmp_path):
   _, expected = reference
   args = ["train", "--config", CONFIG, "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}", *RUN]

@@ -70,6 +70,9 @@ def test_captioning_forward_equals_the_interleaved_sequence(bos_id):
   np.testing.assert_allclose(logits, by_hand[:, start:start + 5], rtol=1e-5, atol=1e-5)
 
 
+# -m slow: the vocab-mixture head is not the paper's; the contract and captioning tests cover Frozen by
+# default
+@pytest.mark.slow
 def test_vocab_mixture_prefix_is_an_expected_token_embedding():
   """prefix_head="vocab_mixture": each prefix vector is softmax(to_vocab(h)) @ wte (inside the convex hull
   of the token embeddings), the encoder's gradient flows through it, and an unknown head is an error."""

@@ -43,6 +43,9 @@ def test_unknown_task():
     tasks.get("regresion")
 
 
+# -m slow: tests/test_multimodal_sentiment.py trains configs/mfm_mosi.py end to end and checks the same
+# split-level MOSI metrics by default
+@pytest.mark.slow
 def test_split_level_metrics_reach_the_final_results(tiny_config, tmp_path):
   """A regression task's per-example outputs are gathered over the split and summarised (MOSI metrics)."""
   config = tiny_config(overrides=["model.kwargs.num_classes=1", "task.name=regression",
