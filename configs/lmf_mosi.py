@@ -14,11 +14,11 @@ Data as in configs/tfn_mosi.py (word-aligned MulT features, 20 steps); ``FILE:un
 unaligned ones. Deviations of the model: see mmjax/models/lmf.py.
 """
 
-from tfn_mosi import mosi_base
+from mosi_common import mosi_base, parse_alignment
 
 
 def get_config(arg=None):
-  c = mosi_base(arg, batch_size=32, epochs=100, lr=1e-3)
+  c = mosi_base(parse_alignment(arg), batch_size=32, epochs=100, lr=1e-3)
   c.model.name = "lmf"
   c.model.kwargs = {"modalities": ("audio", "vision", "text"), "subnets": ("mlp", "mlp", "lstm"),
                     "hidden_dims": (4, 16, 128), "out_dims": (4, 16, 64), "dropouts": (0.3, 0.3, 0.3),

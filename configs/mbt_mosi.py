@@ -20,9 +20,8 @@ Argument: ``aligned`` or ``unaligned`` (default), the MulT feature pickles prepa
 full attention instead of bottlenecks.
 """
 
-from mmjax.config import default_config
+from mosi_common import TRAIN_EXAMPLES, mosi_base
 
-TRAIN_EXAMPLES = 1284  # CMU-MOSI train split
 EPOCHS = 50
 LENGTHS = {"aligned": (50, 50, 50), "unaligned": (50, 375, 500)}  # text, audio, vision (MulT's pickles)
 
@@ -33,28 +32,15 @@ def get_config(arg=None):
   if unknown:
     raise ValueError(f"unknown config argument(s) {sorted(unknown)}; use aligned|unaligned[,attention]")
   alignment = "aligned" if "aligned" in parts else "unaligned"
-  c = default_config()
-  c.data.name = f"cmu_mosi/{alignment}"
-  c.data.max_lengths = dict(zip(("text", "audio", "vision"), LENGTHS[alignment], strict=True))
+  lengths = dict(zip(("text", "audio", "vision"), LENGTHS[alignment], strict=True))
+  c = mosi_base(alignment, batch_size=64, epochs=EPOCHS, lr=1e-3, max_lengths=lengths, truncate=False)
   c.model.name = "mbt"
   c.model.kwargs = {"num_classes": 1, "modalities": ("text", "audio", "vision"), "width": 64,
                     "num_layers": 6, "num_heads": 4, "mlp_ratio": 4,
                     "fusion": "attention" if "attention" in parts else "bottleneck",
                     "fusion_layer": 4, "num_bottlenecks": 4, "dropout": 0.1}
-  c.task.name = "regression"
-  c.batch_size = 64
-  c.eval_batch_size = 256
   steps_per_epoch = TRAIN_EXAMPLES // c.batch_size
-  c.num_steps = EPOCHS * steps_per_epoch
-  c.optimizer.name = "adam"
-  c.optimizer.lr = 1e-3
   c.optimizer.schedule = "warmup_cosine"
   c.optimizer.warmup_steps = int(2.5 * steps_per_epoch)
   c.optimizer.clip_norm = 1.0
-  c.log_every = steps_per_epoch
-  c.eval_every = steps_per_epoch
-  c.checkpoint_every = steps_per_epoch
-  c.keep_checkpoints = 3
-  c.best_metric = "validation/loss"
-  c.best_mode = "min"
   return c

@@ -19,38 +19,17 @@ matched its inputs rescaled to [-1, 1] (FACET divided by its largest magnitude),
 ``FILE:unaligned`` uses the unaligned features (each modality cut to 20 steps of its own rate).
 """
 
-from mmjax.config import default_config
+from mosi_common import mosi_base, parse_alignment
 
-TRAIN_EXAMPLES = 1284  # CMU-MOSI train split
 EPOCHS = 200
 
 
 def get_config(arg=None):
-  alignment = arg or "aligned"
-  if alignment not in ("aligned", "unaligned"):
-    raise ValueError(f"unknown config argument {arg!r}; use aligned (default) or unaligned")
-  c = default_config()
-  c.data.name = f"cmu_mosi/{alignment}"
-  c.data.max_lengths = {"text": 20, "audio": 20, "vision": 20}
-  c.data.truncate = True
+  c = mosi_base(parse_alignment(arg), batch_size=32, epochs=EPOCHS, lr=1e-4)
   c.model.name = "mctn"
   c.model.kwargs = {"source": "text", "targets": ("vision", "audio"), "num_classes": 1, "hidden_dim": 32,
                     "head_dim": 32, "encoder_layers": 1, "dropout": 0.0, "output_activation": "linear",
                     "translation_weight": 0.1, "cycle_weight": 0.1, "translation2_weight": 0.1,
                     "head_l2": 0.01}
-  c.task.name = "regression"
-  c.task.kwargs = {"loss_type": "l1", "metrics": "mosi"}
-  c.batch_size = 32
-  c.eval_batch_size = 256
-  steps_per_epoch = TRAIN_EXAMPLES // c.batch_size
-  c.num_steps = EPOCHS * steps_per_epoch
-  c.optimizer.name = "adam"
-  c.optimizer.lr = 1e-4
-  c.log_every = steps_per_epoch
-  c.eval_every = steps_per_epoch
-  c.checkpoint_every = steps_per_epoch
-  c.keep_checkpoints = 3
-  c.best_metric = "validation/loss"
-  c.best_mode = "min"
   c.early_stopping_patience = 20
   return c

@@ -17,39 +17,11 @@ here): the numbers are not directly comparable. Deviations of the model: see mmj
 ``FILE:unaligned`` uses the unaligned features (each modality cut to 20 steps of its own rate).
 """
 
-from mmjax.config import default_config
-
-TRAIN_EXAMPLES = 1284  # CMU-MOSI train split
-
-
-def mosi_base(arg, batch_size: int, epochs: int, lr: float):
-  """The CMU-MOSI data, regression task, Adam and per-epoch evaluation shared by tfn_mosi and lmf_mosi."""
-  alignment = arg or "aligned"
-  if alignment not in ("aligned", "unaligned"):
-    raise ValueError(f"unknown config argument {arg!r}; use aligned (default) or unaligned")
-  c = default_config()
-  c.data.name = f"cmu_mosi/{alignment}"
-  c.data.max_lengths = {"text": 20, "audio": 20, "vision": 20}
-  c.data.truncate = True
-  c.task.name = "regression"
-  c.task.kwargs = {"loss_type": "l1", "metrics": "mosi"}
-  c.batch_size = batch_size
-  c.eval_batch_size = 256
-  steps_per_epoch = TRAIN_EXAMPLES // batch_size
-  c.num_steps = epochs * steps_per_epoch
-  c.optimizer.name = "adam"
-  c.optimizer.lr = lr
-  c.log_every = steps_per_epoch
-  c.eval_every = steps_per_epoch
-  c.checkpoint_every = steps_per_epoch
-  c.keep_checkpoints = 3
-  c.best_metric = "validation/loss"
-  c.best_mode = "min"
-  return c
+from mosi_common import mosi_base, parse_alignment
 
 
 def get_config(arg=None):
-  c = mosi_base(arg, batch_size=32, epochs=50, lr=1e-3)
+  c = mosi_base(parse_alignment(arg), batch_size=32, epochs=50, lr=1e-3)
   c.model.name = "tfn"
   c.model.kwargs = {"modalities": ("audio", "vision", "text"), "subnets": ("mlp", "mlp", "lstm"),
                     "hidden_dims": (4, 16, 128), "out_dims": (4, 16, 64), "dropouts": (0.3, 0.3, 0.3),
