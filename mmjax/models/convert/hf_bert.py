@@ -15,7 +15,6 @@ returns the parameters for grafting (e.g. ``init.target = "text"`` of MAG). Ever
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.bert import ACTIVATIONS, BertConfig, BertModel
-from mmjax.models.convert.hf_gpt2 import HFCheckpointError, _get_tensor, _safetensors_files
+from mmjax.models.convert.hf_gpt2 import HFCheckpointError, _get_tensor, _safetensors_files, read_hf_config
 from mmjax.models.registry import register_loader
 
 
@@ -185,22 +184,7 @@ def params_from_hf(tensors: Mapping[str, Any], config: BertConfig, *, source: st
 
 
 def _read_config(path: Path) -> BertConfig:
-  if not path.exists():
-    raise HFBertCheckpointError(f"BERT checkpoint directory {path} does not exist (download it yourself, "
-                                "e.g. a Hugging Face 'bert-base-uncased' snapshot, and pass its local path)")
-  if not path.is_dir():
-    raise HFBertCheckpointError(f"{path} is not a directory; pass the folder holding config.json and "
-                                "model.safetensors")
-  config_file = path / "config.json"
-  if not config_file.is_file():
-    raise HFBertCheckpointError(f"{path} has no config.json (a Hugging Face BERT directory holds config.json "
-                                "and model.safetensors)")
-  try:
-    config = json.loads(config_file.read_text())
-  except ValueError as e:
-    raise HFBertCheckpointError(f"{config_file} is not valid JSON: {e}") from None
-  if not isinstance(config, dict):
-    raise HFBertCheckpointError(f"{config_file} does not hold a JSON object")
+  config_file, config = read_hf_config(path, "BERT", "bert-base-uncased", HFBertCheckpointError)
   return config_from_hf(config, source=str(config_file))
 
 

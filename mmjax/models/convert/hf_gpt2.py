@@ -31,6 +31,29 @@ from mmjax.models.registry import register_loader
 class HFCheckpointError(UserError, ValueError):
   """A Hugging Face GPT-2 directory or state dict that cannot be loaded; the message says what and why."""
 
+def read_hf_config(path: Path, model_name: str, example: str, error: type = None) -> tuple[Path, dict]:
+  """``(path/config.json, its JSON object)`` of a Hugging Face checkpoint directory; ``error`` (default
+  :class:`HFCheckpointError`) when the directory or its config.json is missing or not a JSON object. The
+  messages name ``model_name`` and a hub snapshot to download (``example``)."""
+  error = error or HFCheckpointError
+  if not path.exists():
+    raise error(f"{model_name} checkpoint directory {path} does not exist (download it yourself, e.g. a "
+                f"Hugging Face '{example}' snapshot, and pass its local path)")
+  if not path.is_dir():
+    raise error(f"{path} is not a directory; pass the folder holding config.json and model.safetensors")
+  config_file = path / "config.json"
+  if not config_file.is_file():
+    raise error(f"{path} has no config.json (a Hugging Face {model_name} directory holds config.json and "
+                "model.safetensors)")
+  try:
+    config = json.loads(config_file.read_text())
+  except ValueError as e:
+    raise error(f"{config_file} is not valid JSON: {e}") from None
+  if not isinstance(config, dict):
+    raise error(f"{config_file} does not hold a JSON object")
+  return config_file, config
+
+
 
 _BUFFERS = ("attn.bias", "attn.masked_bias")  # causal-mask buffers of older checkpoints, not parameters
 _UNSUPPORTED_TRUE = ("scale_attn_by_inverse_layer_idx", "add_cross_attention")
@@ -244,22 +267,7 @@ def load_hf_gpt2(path: str | os.PathLike, *, attention: str = "xla", dtype: Any 
   file (naming it), a config that is not GPT-2, and missing, unexpected or mis-shaped tensors.
   """
   path = Path(path).expanduser()
-  if not path.exists():
-    raise HFCheckpointError(f"GPT-2 checkpoint directory {path} does not exist (download it yourself, e.g. "
-                            "a Hugging Face 'gpt2' snapshot, and pass its local path)")
-  if not path.is_dir():
-    raise HFCheckpointError(f"{path} is not a directory; pass the folder holding config.json and "
-                            "model.safetensors")
-  config_file = path / "config.json"
-  if not config_file.is_file():
-    raise HFCheckpointError(f"{path} has no config.json (a Hugging Face GPT-2 directory holds config.json "
-                            "and model.safetensors)")
-  try:
-    config = json.loads(config_file.read_text())
-  except ValueError as e:
-    raise HFCheckpointError(f"{config_file} is not valid JSON: {e}") from None
-  if not isinstance(config, dict):
-    raise HFCheckpointError(f"{config_file} does not hold a JSON object")
+  config_file, config = read_hf_config(path, "GPT-2", "gpt2")
   cfg = config_from_hf(config, source=str(config_file))
   if not dropout:
     cfg = cfg.no_dropout()
