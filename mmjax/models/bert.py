@@ -20,7 +20,8 @@ Parameter layout (names follow the Hugging Face checkpoint, ``layer_{i}`` is ``e
 [H, Dh, D]``, ``layer_{i}/attention/output/LayerNorm``, ``layer_{i}/intermediate/dense [D, I]``,
 ``layer_{i}/output/dense [I, D]``, ``layer_{i}/output/LayerNorm``, ``pooler/dense``. Every parameter
 carries logical axis names (``vocab``, ``features``, ``embed``, ``heads``, ``kv``, ``mlp``, ``norm``).
-Initialisation: normal(0.02) weights and embeddings, zero biases, unit LayerNorms (BERT's ``init_weights``).
+Initialisation: normal(``initializer_range`` = 0.02) weights and embeddings, zero biases, unit LayerNorms
+(BERT's ``init_weights``).
 
 Entry points beyond ``__call__``: :meth:`BertModel.embed` (step 1), :meth:`BertModel.run_layers` (a range
 of blocks of step 2) and :meth:`BertModel.pool` (step 3), so a model can act between two layers, as MAG
@@ -73,6 +74,7 @@ class BertConfig:
   hidden_dropout_prob: float = 0.1
   attention_probs_dropout_prob: float = 0.1
   add_pooling_layer: bool = True  # the [CLS] pooler (BertModel's default)
+  initializer_range: float = 0.02  # std of the normal initialisation of weights and embeddings
 
   def __post_init__(self):
     if self.hidden_act not in ACTIVATIONS:
@@ -103,8 +105,8 @@ VARIANTS: dict[str, BertConfig] = {
 }
 
 
-def _normal(names):
-  return axes.logical(nn.initializers.normal(0.02), names)
+def _normal(cfg: BertConfig, names):
+  return axes.logical(nn.initializers.normal(cfg.initializer_range), names)
 
 
 def _layer_norm(cfg: BertConfig, dtype, name):
@@ -122,7 +124,7 @@ class BertEmbeddings(nn.Module):
   def __call__(self, tokens=None, *, embeddings=None, token_type_ids=None, train: bool):
     cfg = self.config
     word = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, name="word_embeddings",
-                    embedding_init=_normal(("vocab", "embed")))
+                    embedding_init=_normal(cfg, ("vocab", "embed")))
     if embeddings is None:
       x = word(tokens)
     else:  # the table is still created (unused), so the parameters match a checkpoint's
@@ -130,9 +132,9 @@ class BertEmbeddings(nn.Module):
       x = embeddings.astype(self.dtype)
     t = x.shape[1]
     position = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=self.dtype,
-                        name="position_embeddings", embedding_init=_normal(("features", "embed")))
+                        name="position_embeddings", embedding_init=_normal(cfg, ("features", "embed")))
     token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=self.dtype,
-                          name="token_type_embeddings", embedding_init=_normal(("features", "embed")))
+                          name="token_type_embeddings", embedding_init=_normal(cfg, ("features", "embed")))
     types = jnp.zeros(x.shape[:2], jnp.int32) if token_type_ids is None else token_type_ids
     x = x + token_type(types) + position(jnp.arange(t))[None]
     x = _layer_norm(cfg, self.dtype, "LayerNorm")(x)
@@ -152,7 +154,7 @@ class BertAttention(nn.Module):
     cfg = self.config
     proj = lambda name: axes.dense_general(  # noqa: E731
         (cfg.num_attention_heads, cfg.head_dim), ("embed", "heads", "kv"), dtype=self.dtype, name=name,
-        kernel_init=nn.initializers.normal(0.02))
+        kernel_init=nn.initializers.normal(cfg.initializer_range))
     q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, H, Dh]
     rate = cfg.attention_probs_dropout_prob if train else 0.0
     impl = self.attention if mask is None or self.attention in ("xla", "jax", "chunked", "auto") else "xla"
@@ -171,7 +173,7 @@ class _AttentionOutput(nn.Module):
   def __call__(self, heads, residual, *, train: bool):
     cfg = self.config
     h = axes.dense_general(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), dtype=self.dtype,
-                           name="dense", kernel_init=nn.initializers.normal(0.02))(heads)
+                           name="dense", kernel_init=nn.initializers.normal(cfg.initializer_range))(heads)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=not train)
     return _layer_norm(cfg, self.dtype, "LayerNorm")(h + residual)
 
@@ -204,7 +206,7 @@ class _Intermediate(nn.Module):
   def __call__(self, x):
     cfg = self.config
     h = axes.dense(cfg.intermediate_size, ("embed", "mlp"), dtype=self.dtype, name="dense",
-                   kernel_init=nn.initializers.normal(0.02))(x)
+                   kernel_init=nn.initializers.normal(cfg.initializer_range))(x)
     return ACTIVATIONS[cfg.hidden_act](h)
 
 
@@ -218,7 +220,7 @@ class _BertOutput(nn.Module):
   def __call__(self, u, residual, *, train: bool):
     cfg = self.config
     h = axes.dense(cfg.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="dense",
-                   kernel_init=nn.initializers.normal(0.02))(u)
+                   kernel_init=nn.initializers.normal(cfg.initializer_range))(u)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=not train)
     return _layer_norm(cfg, self.dtype, "LayerNorm")(h + residual)
 
@@ -231,8 +233,9 @@ class _Pooler(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    return jnp.tanh(axes.dense(self.config.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="dense",
-                               kernel_init=nn.initializers.normal(0.02))(h))
+    cfg = self.config
+    return jnp.tanh(axes.dense(cfg.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="dense",
+                               kernel_init=nn.initializers.normal(cfg.initializer_range))(h))
 
 
 class BertModel(nn.Module):

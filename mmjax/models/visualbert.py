@@ -28,7 +28,7 @@ backbone whole (``config.init.source = config.init.target = "backbone"``); the h
   - sentence-image prediction (objective 2), in its image-text-matching form: each example's image is
     replaced, with probability ``negative_prob`` (0.5), by the image of another example of the batch whose
     ``batch[negative_key]`` differs (by default: whose image differs); ``Linear(2)`` on the pooled output
-    predicts matched (1) / mismatched (0).
+    predicts matched (1) / mismatched (0); ``aux["accuracies"]["itm_accuracy"]``.
   - Output: the matching logits ``[B, 2]``; ``aux["losses"] = {"mlm": ..., "itm": ...}`` and
     ``aux["accuracies"]`` for the ``pretraining`` task; ``aux["masked"]`` (``[B, T + 2]`` bool, the chosen
     tokens of the ``[CLS] .. [SEP]`` sequence), ``aux["itm_label"]`` and ``aux["negative_of"]`` (the example
@@ -94,8 +94,8 @@ from mmjax.models.registry import register
 HEADS = ("pretrain", "qa")
 
 
-def _normal(names):
-  return axes.logical(nn.initializers.normal(0.02), names)
+def _normal(std: float, names):
+  return axes.logical(nn.initializers.normal(std), names)
 
 
 def text_sequence(tokens, mask, cls_id: int, sep_id: int):
@@ -161,17 +161,17 @@ class VisualBertEmbeddings(nn.Module):
 
   def setup(self):
     cfg = self.config
-    d = cfg.hidden_size
+    d, std = cfg.hidden_size, cfg.initializer_range
     self.word_embeddings = nn.Embed(cfg.vocab_size, d, dtype=self.dtype,
-                                    embedding_init=_normal(("vocab", "embed")))
+                                    embedding_init=_normal(std, ("vocab", "embed")))
     self.position_embeddings = nn.Embed(cfg.max_position_embeddings, d, dtype=self.dtype,
-                                        embedding_init=_normal(("features", "embed")))
+                                        embedding_init=_normal(std, ("features", "embed")))
     self.token_type_embeddings = nn.Embed(cfg.type_vocab_size, d, dtype=self.dtype,
-                                          embedding_init=_normal(("features", "embed")))
+                                          embedding_init=_normal(std, ("features", "embed")))
     self.visual_projection = axes.dense(d, ("features", "embed"), dtype=self.dtype,
-                                        kernel_init=nn.initializers.normal(0.02))
+                                        kernel_init=nn.initializers.normal(std))
     self.visual_position_embeddings = nn.Embed(cfg.max_position_embeddings, d, dtype=self.dtype,
-                                               embedding_init=_normal(("features", "embed")))
+                                               embedding_init=_normal(std, ("features", "embed")))
     self.LayerNorm = axes.layer_norm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=self.dtype,
                                      name=None)  # named by the attribute (setup)
     self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
@@ -209,7 +209,7 @@ class VisualBertBackbone(nn.Module):
     self.layers = [block(cfg, self.attention, self.dtype, name=f"layer_{i}")
                    for i in range(cfg.num_hidden_layers)]
     self.pooler = axes.dense(cfg.hidden_size, ("embed", "mlp"), dtype=self.dtype,
-                             kernel_init=nn.initializers.normal(0.02))
+                             kernel_init=nn.initializers.normal(cfg.initializer_range))
 
   def __call__(self, ids, valid, regions, *, train: bool):
     """``ids [B, T]``, ``valid [B, T]`` bool, ``regions [B, N, F]`` -> ``(h [B, T + N, D], pooled [B, D])``;
@@ -247,6 +247,7 @@ class VisualBERT(nn.Module):
   max_positions: int = 512  # rows of the text and the visual position tables
   dropout: float = 0.1
   attention_dropout: float = 0.1
+  init_std: float = 0.02  # std of the normal initialisation (BERT's initializer_range)
   mask_prob: float = 0.15  # MLM: chance of each caption token to be chosen
   negative_prob: float = 0.5  # ITM: chance of each example to get another example's image
   negative_key: str = ""  # ITM: a negative's batch[negative_key] differs, e.g. "label" ("" = its image)
@@ -288,7 +289,7 @@ class VisualBERT(nn.Module):
                       num_attention_heads=self.num_heads, intermediate_size=self.mlp_dim,
                       hidden_act=self.hidden_act, max_position_embeddings=self.max_positions,
                       type_vocab_size=2, hidden_dropout_prob=self.dropout,
-                      attention_probs_dropout_prob=self.attention_dropout)
+                      attention_probs_dropout_prob=self.attention_dropout, initializer_range=self.init_std)
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
@@ -307,10 +308,10 @@ class VisualBERT(nn.Module):
     if self.head == "qa":
       _, pooled = backbone(ids, valid, patchify(images, self.patch_size), train=train)
       h = axes.dense(2 * self.width, ("embed", "mlp"), dtype=self.dtype, name="qa_hidden",
-                     kernel_init=nn.initializers.normal(0.02))(pooled)
+                     kernel_init=nn.initializers.normal(self.init_std))(pooled)
       h = axes.layer_norm(epsilon=1e-12, dtype=self.dtype, name="qa_norm")(ACTIVATIONS["gelu"](h))
       logits = axes.dense(self.num_answers, ("mlp", "features"), dtype=self.dtype, name="qa_out",
-                          kernel_init=nn.initializers.normal(0.02))(h)
+                          kernel_init=nn.initializers.normal(self.init_std))(h)
       return logits.astype(jnp.float32), {}
 
     # Pretraining. No "latent" rng at model.init (the engine passes one in training and evaluation only).
@@ -332,13 +333,13 @@ class VisualBERT(nn.Module):
 
     text_h = h[:, :ids.shape[1]]
     t = axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="mlm_transform",
-                   kernel_init=nn.initializers.normal(0.02))(text_h)
+                   kernel_init=nn.initializers.normal(self.init_std))(text_h)
     t = axes.layer_norm(epsilon=1e-12, use_fast_variance=False, dtype=self.dtype,
                         name="mlm_norm")(ACTIVATIONS[self.hidden_act](t))
     bias = self.param("mlm_bias", axes.logical(nn.initializers.zeros_init(), ("vocab",)), (self.vocab_size,))
     mlm_logits = backbone.attend(t) + bias  # [B, T + 2, V]
     itm_logits = axes.dense(2, ("embed", "features"), dtype=self.dtype, name="itm",
-                            kernel_init=nn.initializers.normal(0.02))(pooled).astype(jnp.float32)
+                            kernel_init=nn.initializers.normal(self.init_std))(pooled).astype(jnp.float32)
 
     weights = jnp.asarray(batch.get("_valid", jnp.ones(ids.shape[:1])), jnp.float32).reshape(-1)
     mlm, (mlm_correct, mlm_count) = mlm_per_example(mlm_logits, ids, chosen, weights)
@@ -346,6 +347,7 @@ class VisualBERT(nn.Module):
     itm = optax.softmax_cross_entropy_with_integer_labels(itm_logits, itm_label)
     itm_correct = (jnp.argmax(itm_logits, -1) == itm_label).astype(jnp.float32)
     aux = {"losses": {"mlm": (mlm, self.mlm_weight), "itm": (itm, self.itm_weight)},
-           "accuracies": {"mlm": (mlm_correct, mlm_count), "itm": (itm_correct, jnp.ones_like(itm_correct))},
+           "accuracies": {"mlm_accuracy": (mlm_correct, mlm_count),
+                          "itm_accuracy": (itm_correct, jnp.ones_like(itm_correct))},
            "masked": chosen, "itm_label": itm_label, "negative_of": source}
     return itm_logits, aux

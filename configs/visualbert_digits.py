@@ -1,0 +1,85 @@
+"""VisualBERT (Li et al., arXiv 2019) on the embedded digits: task-agnostic pretraining on captions, then
+visual question answering. No download anywhere.
+
+Two stages, two commands (the second reads the first's checkpoint):
+
+1. ``mmjax train --config configs/visualbert_digits.py:pretrain --workdir runs/visualbert_digits_pretrain``:
+   masked language modelling and image-text matching (task ``pretraining``) on
+   ``digits_av_captions/all_templates`` (every image with each of its six captions). ITM negatives take the
+   image of another digit (``negative_key = "label"``): another image of the same digit would match its
+   caption, since a caption names only the digit.
+2. ``mmjax train --config configs/visualbert_digits.py --workdir runs/visualbert_digits`` (default stage):
+   the ``qa`` head (the pooled ``[CLS]`` -> MLP -> 12 answers, task ``classification`` on ``answer``) on
+   ``digits_av_qa``, starting from the pretrained ``backbone`` (``config.init``; the heads are new);
+   ``--config.init.path=DIR`` names another pretraining run.
+
+Arguments (comma-separated): ``pretrain`` (stage 1), ``scratch`` (stage 2 from random parameters, the
+comparison that shows what pretraining brings), ``runlocal`` (a few steps, no progress bar). Both stages use
+``Vocabulary.digits_vl()`` (the captions' ids unchanged, plus the question words and ``<cls>``, ``<sep>``,
+``<mask>``), so the backbone's word embedding fits both. Sizes are for this CPU (width 64, 2 layers), not
+the paper's BERT-base; settings were chosen on the validation split.
+"""
+
+from mmjax.config import default_config
+from mmjax.data.vocab import Vocabulary
+
+PRETRAIN_WORKDIR = "runs/visualbert_digits_pretrain"
+ARGS = ("pretrain", "scratch", "runlocal")
+
+
+def model_kwargs() -> dict:
+  """The fields both stages share (the backbone's shape and the vocabulary's ids)."""
+  vocab = Vocabulary.digits_vl()
+  return {"vocab_size": len(vocab), "cls_id": vocab.id("<cls>"), "sep_id": vocab.id("<sep>"),
+          "mask_id": vocab.id("<mask>"), "image_key": "image", "patch_size": 2, "width": 64, "num_layers": 2,
+          "num_heads": 4, "mlp_dim": 128, "max_positions": 32, "dropout": 0.1, "attention_dropout": 0.1}
+
+
+def get_config(arg=None):
+  parts = [p for p in (arg or "").split(",") if p]
+  unknown = set(parts) - set(ARGS)
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {sorted(unknown)}; use pretrain or scratch, and/or "
+                     "runlocal")
+  if {"pretrain", "scratch"} <= set(parts):
+    raise ValueError("pretrain and scratch exclude each other: scratch is the QA stage without pretraining")
+  c = default_config()
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.optimizer.schedule = "warmup_cosine"
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.clip_norm = 1.0
+  c.log_every = 100
+  c.model.name = "visualbert"
+  c.model.kwargs = model_kwargs()
+  if "pretrain" in parts:
+    c.data.name = "digits_av_captions/all_templates"
+    c.data.max_lengths = {"caption_tokens": 8}  # longest caption: 8 tokens
+    c.task.name = "pretraining"
+    c.model.kwargs.update({"head": "pretrain", "text_key": "caption_tokens", "negative_key": "label"})
+    c.num_steps = 2000
+    c.optimizer.lr = 1e-3
+    c.eval_every = c.checkpoint_every = 500
+  else:
+    c.data.name = "digits_av_qa"
+    c.data.max_lengths = {"question_tokens": 7}  # longest question: 7 tokens
+    c.task.name = "classification"
+    c.task.kwargs = {"label_key": "answer"}
+    c.model.kwargs.update({"head": "qa", "text_key": "question_tokens", "num_answers": 12})
+    c.num_steps = 1000
+    c.optimizer.lr = 1e-3
+    c.eval_every = c.checkpoint_every = 250
+    c.best_metric = "validation/loss"  # metrics.json["best"]: the checkpoint with the lowest validation loss
+    c.best_mode = "min"
+    if "scratch" not in parts:
+      c.init.format = "mmjax"
+      c.init.path = PRETRAIN_WORKDIR
+      c.init.source = c.init.target = "backbone"
+  if "runlocal" in parts:
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 6, 2, 4, 3
+    c.batch_size, c.eval_batch_size = 8, 64
+    c.progress = False
+    c.best_metric = ""
+    c.model.kwargs.update({"width": 16, "num_heads": 2, "mlp_dim": 32, "num_layers": 1})
+  return c
