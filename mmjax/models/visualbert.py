@@ -77,7 +77,11 @@ Deviations from the paper and the original code, and why:
   ``init_std = 0.125`` (``1 / sqrt(64)``) instead of BERT's 0.02, which is about ``0.55 / sqrt(768)`` for
   width 768: at 0.02 every sub-layer of a 64-wide post-LN block adds only ~0.16 of the residual's scale and
   the pooled output is ~0.16 in size, and training stalled (measured on the digits QA from scratch, 1,000
-  steps: 56 % validation accuracy at 0.02, about the question-only 48.5 %; 78 % at 0.125).
+  steps, patch 2, dropout 0.1: 56 % validation accuracy at 0.02, near the question-only 48.5 %; 78 % at
+  0.125).
+* Masking draws each token independently (as the original's ``random_word``; BERT's TensorFlow code masks
+  a fixed 15 % of each sequence), so a short caption may have no masked token; its random replacements
+  are uniform over the whole vocabulary, special tokens included (as the original).
 """
 
 from __future__ import annotations
