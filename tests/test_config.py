@@ -14,7 +14,8 @@ ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "ali
         "mult_iemocap": ["", "aligned,vonly"], "frozen_digits": ["", "lm", "vocab"],
         "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"], "mctn_digits": ["", "image,runlocal"],
         "tfn_mosi": ["", "unaligned"], "tfn_digits": ["", "audio"],
-        "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
+        "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")],
+        "clip_coco": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny"), "bench,sigmoid"]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 
 
