@@ -9,6 +9,8 @@
 #   train_mult    MulT, unaligned CMU-MOSEI shapes (T = 50/500/500), batch 24, the original main.py settings
 #   train_mfm     MFM on CMU-MOSI (configs/mfm_mosi.py: batch 256, T = 20)
 #   train_frozen  Frozen with a GPT-2-small-sized LM (12 layers, width 768, 12 heads), random LM weights
+#   train_clip    CLIP at ViT-B/16 size (configs/clip_coco.py: 224 x 224 RGB, 16 x 16 patches; text width
+#                 512, 77 tokens), global batch 128
 #   attention     the attention benchmark's full grid (every kernel, PyTorch SDPA), in the time left
 # The train steps use bfloat16 compute and synthetic inputs. Results: DIR (default benchmarks/results;
 # with --smoke a new temporary folder) as train_step-/attention-<device>-<date>.json and the attention PNG;
@@ -43,8 +45,9 @@ while [ $# -gt 0 ]; do
 done
 for step in ${ONLY//,/ }; do
   case $step in
-    train_mult | train_mfm | train_frozen | attention) ;;
-    *) echo "run_device.sh: --only takes train_mult, train_mfm, train_frozen, attention; got $step" >&2; exit 2 ;;
+    train_mult | train_mfm | train_frozen | train_clip | attention) ;;
+    *) echo "run_device.sh: --only takes train_mult, train_mfm, train_frozen, train_clip, attention; got $step" >&2
+       exit 2 ;;
   esac
 done
 case $TOTAL in '' | *[!0-9]*) [ -z "$TOTAL" ] || { echo "run_device.sh: --budget-s takes whole seconds" >&2; exit 2; } ;; esac
@@ -152,7 +155,8 @@ if [ "$MODE" = full ]; then
   MFM=(--config configs/mfm_mosi.py)
   FROZEN=(--config configs/frozen_digits.py --config.model.kwargs.lm.n_layer=12
           --config.model.kwargs.lm.n_embd=768 --config.model.kwargs.lm.n_head=12)
-  LIMITS=(120 60 90)
+  CLIP=(--config configs/clip_coco.py:bench --config.batch_size=128)
+  LIMITS=(120 60 90 90)
   ATTENTION=(--full)
 else  # the same steps and override keys at tiny sizes
   STEPS=(--steps 2 --warmup 1)
@@ -166,7 +170,8 @@ else  # the same steps and override keys at tiny sizes
        --config.model.kwargs.factor_dim=8)
   FROZEN=(--config configs/frozen_digits.py:runlocal --config.model.kwargs.lm.n_layer=2
           --config.model.kwargs.lm.n_embd=64 --config.model.kwargs.lm.n_head=4)
-  LIMITS=(240 180 180)
+  CLIP=(--config configs/clip_coco.py:bench,runlocal --config.batch_size=8)
+  LIMITS=(240 180 180 180)
   ATTENTION=(--smoke --reps 1)
 fi
 NO_INIT=(--config.init.format= --config.init.path=)  # Frozen: a random LM, no stage-1 checkpoint
@@ -174,6 +179,7 @@ NO_INIT=(--config.init.format= --config.init.path=)  # Frozen: a random LM, no s
 run_step train_mult "${LIMITS[0]}" "${BENCH[@]}" "${STEPS[@]}" "${MULT[@]}" "${BF16[@]}"
 run_step train_mfm "${LIMITS[1]}" "${BENCH[@]}" "${STEPS[@]}" "${MFM[@]}" "${BF16[@]}"
 run_step train_frozen "${LIMITS[2]}" "${BENCH[@]}" "${STEPS[@]}" "${FROZEN[@]}" "${NO_INIT[@]}" "${BF16[@]}"
+run_step train_clip "${LIMITS[3]}" "${BENCH[@]}" "${STEPS[@]}" "${CLIP[@]}" "${BF16[@]}"
 
 # Attention last, in the time left: it stops starting measurements 30 s before its limit (then writes
 # the PNG), and its JSON is rewritten after every measurement, so even a kill keeps what finished.

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "train_step": "compile and step time of one config's jitted train step",
     "decode": "GPT-2 greedy decoding tokens/s, with the KV cache vs. recomputing the sequence",
     "prng": "train-step time with each PRNG implementation (config.prng_impl), interleaved",
+    "profile": "where a train step's time goes: a profiler trace broken down by XLA operation and model code",
 }
 
 EXAMPLES = {

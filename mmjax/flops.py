@@ -239,3 +239,26 @@ def _frozen(model, shapes, tally: Tally) -> None:
     tally.add(2.0 * b * n * model.lm.vocab_size * d)
   t = shapes[model.text_key].shape[1]
   _gpt2(tally, model.lm, b, (0 if model.bos_id is None else 1) + n + t)
+
+
+# -- CLIP / SigLIP (mmjax.models.clip) --------------------------------------------------------------------
+
+@register("clip")
+def _clip(model, shapes, tally: Tally) -> None:
+  image = shapes[model.image_key]
+  b, h, w = image.shape[:3]
+  if model.image_tower == "patches":
+    c = image.shape[3] if len(image.shape) == 4 else 1
+    p = model.patch_size
+    t, features = (h // p) * (w // p), p * p * c
+  else:
+    t, features = h, w
+  tally.dense(b * t, features, model.width, reads_batch=True)  # patch embedding
+  _encoder(tally, b, t, model.width, model.num_layers, model.mlp_ratio)
+  tally.dense(b, model.width, model.embed_dim)  # projection of the pooled image
+  text_width = model.text_width or model.width
+  b, t = shapes[model.text_key].shape[:2]
+  _encoder(tally, b, t, text_width, model.text_layers or model.num_layers, model.mlp_ratio)
+  tally.dense(b, text_width, model.embed_dim)
+  tally.add(2.0 * b * b * model.embed_dim)  # the B x B similarities of the loss
+  tally.forward += 2.0 * b * b * model.embed_dim  # again for the in-batch retrieval metric (no gradient)

@@ -191,6 +191,20 @@ TABLES["clip_digits_av"] = {
     ],
 }
 
+TABLES["precision_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("model", "config"),
+    "rows": [
+        ("late_fusion", "late fusion, float32", "configs/late_fusion_digits.py"),
+        ("late_fusion-bf16", "late fusion, bfloat16 compute", "configs/late_fusion_digits.py"),
+    ],
+    "columns": [
+        ("validation/accuracy", "validation acc.", "percent"),
+        ("test/accuracy", "test acc.", "percent"),
+        ("test/loss", "test loss", "3f"),
+    ],
+}
+
 # table id -> results/published/<id>.json: published reference numbers, each row with its source.
 PUBLISHED = ("published_cmu_mosi",)
 

@@ -32,7 +32,8 @@ def test_peak_table():
 
 
 @pytest.mark.parametrize("argv", [["bench", "--help"], ["bench", "attention", "--help"],
-                                  ["bench", "train_step", "--help"], ["bench", "prng", "--help"]])
+                                  ["bench", "train_step", "--help"], ["bench", "prng", "--help"],
+                                  ["bench", "profile", "--help"]])
 def test_bench_help_exits_0(argv, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(argv)
@@ -148,3 +149,55 @@ def test_bench_prng_smoke_writes_every_implementation(tmp_path, data_dir):
   (result,) = json.loads(path.read_text())["results"].values()
   assert set(result["impls"]) == {"threefry", "rbg"}
   assert result["impls"]["threefry"]["speedup_vs_threefry_cpu"] == 1.0
+
+
+def test_profile_labels_hlo_instructions_by_pass_primitive_and_scope():
+  from mmjax.bench import profile
+
+  hlo = "\n".join([
+      'ENTRY %main {',
+      '  %fusion.3 = f32[8,4]{1,0} fusion(%p0), kind=kLoop, calls=%fc, metadata={op_name="jit(train_step)/'
+      'jvp(MulT)/crossmodal_l_from_a/layer_2/attn/exp" source_file="x.py"}, backend_config={}',
+      '  ROOT %dot.7 = f32[8,4]{1,0} dot(%a, %b), metadata={op_name="jit(train_step)/transpose(jvp(MulT))/'
+      'proj1/dot_general"}',
+      '  %copy.1 = f32[8]{0} copy(%c)',
+      '}'])
+  meta = profile.instruction_metadata(hlo)
+  assert set(meta) == {"fusion.3", "dot.7"}  # the copy has no metadata
+  assert profile.label(meta["fusion.3"]) == {"pass": "forward", "primitive": "exp",
+                                             "scope": "crossmodal_l_from_a/layer/attn"}
+  assert profile.label(meta["dot.7"]) == {"pass": "backward", "primitive": "dot_general", "scope": "proj1"}
+  assert profile.label("jit(train_step)/optax/adam/mul")["pass"] == "optimizer"
+
+
+@pytest.mark.slow  # the profiler's start and stop take most of a minute on 2 busy cores
+def test_bench_profile_times_the_steps_instructions(tmp_path, data_dir):
+  from tests.conftest import CONFIGS
+
+  config = f"{CONFIGS / 'late_fusion_digits.py'}:runlocal"
+  assert cli.main(["bench", "profile", "--config", config, "--synthetic", "--out", str(tmp_path),
+                   f"--config.data.data_dir={data_dir}"]) == 0
+  (path,) = tmp_path.glob("profile-*.json")
+  (result,) = json.loads(path.read_text())["results"].values()
+  assert result["instructions_timed"] > 10 and result["op_seconds_per_step"] > 0
+  shares = {row["name"]: row["share"] for row in result["by_pass"]}
+  assert {"forward", "backward"} <= set(shares) and sum(shares.values()) == pytest.approx(1.0)
+  assert any(op["primitive"] == "dot_general" for op in result["ops"])
+
+
+def test_profile_charges_nested_instructions_their_self_time(tmp_path):
+  import gzip
+
+  from mmjax.bench import profile
+
+  events = [{"ph": "X", "name": "call.1", "ts": 0, "dur": 100, "pid": 1, "tid": 1},
+            {"ph": "X", "name": "fusion.2", "ts": 10, "dur": 60, "pid": 1, "tid": 1},  # inside call.1
+            {"ph": "X", "name": "fusion.2", "ts": 5, "dur": 30, "pid": 1, "tid": 2},  # another thread
+            {"ph": "X", "name": "PjitFunction", "ts": 0, "dur": 500, "pid": 1, "tid": 1},  # not an instruction
+            {"ph": "X", "name": "fusion.3", "ts": 200, "dur": 40, "pid": 1, "tid": 1}]
+  (tmp_path / "x").mkdir()
+  with gzip.open(tmp_path / "x" / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  seconds, counts = profile.op_times(str(tmp_path), {"call.1", "fusion.2", "fusion.3"})
+  assert seconds == pytest.approx({"call.1": 40e-6, "fusion.2": 90e-6, "fusion.3": 40e-6})
+  assert counts == {"call.1": 1, "fusion.2": 2, "fusion.3": 1}

@@ -6,6 +6,7 @@ chunked ring (shard_map + ppermute) against the dense form, and that it never fo
 ``data.keep_labels``; the zero-shot / retrieval / probe helpers; an end-to-end run (slow)."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from mmjax.evaluators import zero_shot
 from mmjax.layers import axes
 from mmjax.models.clip import last_valid, patchify
 from mmjax.tasks.contrastive import clip_loss, sigmoid_loss, sigmoid_loss_chunked
+from mmjax.train.run import run_params as load_run_params
 
 VOCAB = 45
 
@@ -49,6 +51,35 @@ def test_patchify_and_last_valid_known_answer():
   np.testing.assert_array_equal(np.asarray(last_valid(h, mask))[:, 0], [1, 5])
   with pytest.raises(ValueError, match="patch_size"):
     patchify(np.zeros((1, 5, 4), np.float32), 2)
+  rgb = np.stack([img, 100 + img, 200 + img], axis=-1)  # [1, 4, 4, 3]: channels innermost in a patch
+  np.testing.assert_array_equal(np.asarray(patchify(rgb, 2))[0, 1], [2, 102, 202, 3, 103, 203, 6, 106, 206,
+                                                                    7, 107, 207])
+
+
+def test_clip_coco_recipe_trains_on_image_captions(tmp_path):
+  """configs/clip_coco.py (the README's real-data recipe) end to end at runlocal size: RGB 224 x 224
+  images from a manual image_captions directory, captions tokenized with a GPT-2 BPE, a text tower of its
+  own width."""
+  from mmjax.config import get_config
+  from mmjax.train import train_and_evaluate
+
+  from .conftest import CONFIGS
+  from .test_captions import build, write_images, write_jsonl
+
+  hf = Path(__file__).parent / "fixtures" / "gpt2_tiny"
+  manual = tmp_path / "manual"
+  names = write_images(manual / "images")
+  write_jsonl(manual, [{"image": names[i % 4], "caption": f"picture {i}", "split": split}
+                       for i, split in enumerate(["train"] * 8 + ["validation"] * 4 + ["test"] * 4)])
+  build(manual, tmp_path / "tfds", config="s224")
+  cfg = get_config(f"{CONFIGS / 'clip_coco.py'}:{hf},runlocal",
+                   [f"data.data_dir={tmp_path / 'tfds'}", "async_checkpoints=false",
+                    "model.kwargs.text_width=8"])
+  final = train_and_evaluate(cfg, tmp_path / "run", devices=jax.devices()[:1], echo=lambda *a: None)
+  assert np.isfinite(final["test"]["loss"]) and final["test"]["count"] == 4
+  params = load_run_params(tmp_path / "run")
+  assert params["image_tower"]["embed"]["proj"]["kernel"].shape == (56 * 56 * 3, 16)  # RGB 56 x 56 patches
+  assert params["text_tower"]["embed"]["tokens"]["embedding"].shape[1] == 8  # the text tower's own width
 
 
 def test_losses_match_the_papers_formulas():

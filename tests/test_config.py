@@ -15,7 +15,8 @@ ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "ali
         "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"], "mctn_digits": ["", "image,runlocal"],
         "tfn_mosi": ["", "unaligned"], "tfn_digits": ["", "audio"],
         "visualbert_digits": ["", "pretrain", "scratch"],
-        "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")]}
+        "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")],
+        "clip_coco": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny"), "bench,sigmoid"]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]
 
 

@@ -1,11 +1,13 @@
 """The model contract, for every name in ``models.names()``: init and apply on the batch its config makes,
-output shapes, finite (and non-zero) gradients of the task's loss, determinism under a fixed seed.
+output shapes, finite (and non-zero) gradients of the task's loss, a loss that falls on the batch when
+the parameters take a small step against that gradient, determinism under a fixed seed.
 
 Every registered model needs an entry in :data:`CONFIG_OF` (a config that trains it, shrunk with
 ``runlocal``), so a new model cannot be registered without a config and this test."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from mmjax import models, tasks
@@ -44,6 +46,10 @@ def test_model_contract(name, data_dir):
   model = models.build(name, dict(cfg.model.kwargs))
   task = tasks.get(cfg.task.name, **dict(cfg.task.kwargs))
   batch = pipeline.example_from_features(cfg.data, batch_size=B, seed=0)  # random features, full lengths
+  rng = np.random.default_rng(0)
+  for key, value in batch.items():  # token sequences differ between examples (ids 0-3: in every vocabulary)
+    if value.ndim == 2 and np.issubdtype(value.dtype, np.integer):
+      batch[key] = rng.integers(0, 4, value.shape).astype(value.dtype)
 
   @jax.jit
   def contract(seed):
@@ -56,9 +62,12 @@ def test_model_contract(name, data_dir):
       return task.loss(outputs, aux, batch)[0], outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
-    return variables["params"], loss, grads, outputs
+    # One step of length 0.01 (over all parameters) against the gradient, same batch and random draws.
+    norm = optax.global_norm(grads)
+    stepped = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g / norm, variables["params"], grads)
+    return variables["params"], loss, grads, outputs, loss_fn(stepped)[0]
 
-  params, loss, grads, outputs = jax.device_get(contract(0))
+  params, loss, grads, outputs, stepped_loss = jax.device_get(contract(0))
   # Evaluation mode gives outputs of the same shape (checked abstractly: no second compile).
   eval_outputs, _ = jax.eval_shape(lambda p: model.apply({"params": p}, batch, train=False,
                                                          rngs={"latent": jax.random.PRNGKey(0)}), params)
@@ -68,6 +77,7 @@ def test_model_contract(name, data_dir):
   assert all(np.isfinite(g).all() for g in leaves)
   assert sum(float(np.abs(g).sum()) > 0 for g in leaves) > len(leaves) // 2  # most parameters learn
   again = jax.device_get(contract(0))
-  jax.tree_util.tree_map(np.testing.assert_array_equal, again, (params, loss, grads, outputs))
+  assert stepped_loss < loss, f"a step against the gradient raised the loss: {loss} -> {stepped_loss}"
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, (params, loss, grads, outputs, stepped_loss))
   other = jax.device_get(contract(1))
   assert not np.allclose(other[3], outputs)  # the seed matters

@@ -44,6 +44,11 @@ CASES = {
     "frozen": ({"lm": LM, "vision_widths": (16, 32)},
                {"image": _x(B, 16, 16), "caption_tokens": _x(B, 16, dtype=jnp.int32)}, "next_token",
                (0.9, 1.0)),
+    # RGB patches and a text tower of its own width, as configs/clip_coco.py (at ViT-B/16 sizes) has.
+    "clip": ({"vocab_size": 64, "width": 128, "num_layers": 2, "num_heads": 4, "mlp_ratio": 4,
+              "patch_size": 4, "text_width": 64, "text_layers": 1, "text_heads": 2, "embed_dim": 32},
+             {"image": _x(B, 16, 16, 3), "caption_tokens": _x(B, 12, dtype=jnp.int32)}, "contrastive",
+             (0.9, 1.0)),
 }
 
 

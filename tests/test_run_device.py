@@ -68,10 +68,10 @@ def _train_config(argv):
 def test_every_train_step_command_is_a_valid_bfloat16_config(smoke, monkeypatch):
   monkeypatch.chdir(ROOT)  # the commands name configs relative to the repository root
   steps = _dry_run(*(["--smoke"] if smoke else []))
-  assert list(steps) == ["deps", "env", "train_mult", "train_mfm", "train_frozen", "attention"]
+  assert list(steps) == ["deps", "env", "train_mult", "train_mfm", "train_frozen", "train_clip", "attention"]
   assert ("--smoke" if smoke else "--full") in steps["attention"]
   configs = {}
-  for name in ("train_mult", "train_mfm", "train_frozen"):
+  for name in ("train_mult", "train_mfm", "train_frozen", "train_clip"):
     config, dtype = _train_config(steps[name])
     assert dtype == "bfloat16"
     configs[name] = config
@@ -82,6 +82,10 @@ def test_every_train_step_command_is_a_valid_bfloat16_config(smoke, monkeypatch)
     lm = frozen.model.kwargs.lm
     assert (lm.n_layer, lm.n_embd, lm.n_head) == (12, 768, 12) and frozen.init.format == ""
     assert "runlocal" not in " ".join(steps["train_frozen"])
+    clip = configs["train_clip"].model.kwargs  # ViT-B/16 and CLIP's text transformer
+    assert (clip.width, clip.num_layers, clip.num_heads, clip.patch_size) == (768, 12, 12, 16)
+    assert (clip.text_width, clip.text_layers, clip.text_heads) == (512, 12, 8)
+    assert configs["train_clip"].data.name == "image_captions/s224"
 
 
 def test_only_runs_the_named_steps_after_deps_and_env():
@@ -159,11 +163,11 @@ def test_smoke_run_of_every_step(tmp_path):
                      text=True, timeout=900, env=_env())
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   assert "all steps ok" in r.stdout
-  for step in ("deps", "env", "train_mult", "train_mfm", "train_frozen", "attention"):
+  for step in ("deps", "env", "train_mult", "train_mfm", "train_frozen", "train_clip", "attention"):
     assert f"=== [{step}] ok" in r.stdout
   (train,) = tmp_path.glob("train_step-cpu-*.json")
   results = json.loads(train.read_text())["results"]
-  assert sorted(r["model"] for r in results.values()) == ["frozen", "mfm", "mult"]
+  assert sorted(r["model"] for r in results.values()) == ["clip", "frozen", "mfm", "mult"]
   for res in results.values():
     assert res["compute_dtype"] == "bfloat16" and res["mfu"] is None and res["tflops_per_device"] > 0
     assert res["input_shapes"] and res["model_kwargs"]["dtype"] == "bfloat16"

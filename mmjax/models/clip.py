@@ -21,13 +21,15 @@ The losses are in :mod:`mmjax.tasks.contrastive`; the model returns ``x [B, D]``
 ``aux = {"image": x [B, D], "text": y [B, D], "scale": s, "bias": b}`` (``b = 0`` for CLIP), all float32.
 
 Towers (``image_tower``):
-  * ``"patches"`` (default): a ViT-style encoder: the ``[B, H, W]`` image is cut into non-overlapping
+  * ``"patches"`` (default): a ViT-style encoder: the ``[B, H, W]`` (or RGB ``[B, H, W, C]``) image is cut
+    into non-overlapping
     ``patch_size x patch_size`` patches, each flattened and projected (:class:`mmjax.layers.SequenceEmbed`),
     then a pre-LN transformer (:class:`mmjax.layers.Encoder`), mean-pooled over patches.
   * ``"rows"``: the image read as ``H`` steps of ``W`` features (the late_fusion baseline's reading).
-  The text tower embeds token ids (``vocab_size`` rows), runs a pre-LN transformer over the valid tokens
-  (``batch[text_key + "_mask"]``) and pools by ``text_pool``: ``"last"`` (the last valid token, as CLIP
-  reads the [EOS] token; every caption here ends with ``.``) or ``"mean"``.
+  The text tower (its own ``text_width``, ``text_layers``, ``text_heads`` when set, as CLIP's text
+  transformer is narrower than its ViT) embeds token ids (``vocab_size`` rows), runs a pre-LN transformer
+  over the valid tokens (``batch[text_key + "_mask"]``) and pools by ``text_pool``: ``"last"`` (the last
+  valid token, as CLIP reads the [EOS] token; every caption here ends with ``.``) or ``"mean"``.
 
 Deviations from the papers (and from the original code, which was read for facts only)
   * Small towers (1-2 layers, width 64) for 8x8 digit images and 4-8 token captions; no pretrained weights.
@@ -62,14 +64,16 @@ LOSSES = ("clip", "sigmoid")
 
 
 def patchify(images, patch_size: int):
-  """``[B, H, W]`` images -> ``[B, (H / p) (W / p), p * p]`` non-overlapping patches, row-major."""
-  b, h, w = images.shape
+  """``[B, H, W]`` (or RGB ``[B, H, W, C]``) images -> ``[B, (H / p) (W / p), p * p (* C)]``
+  non-overlapping patches, row-major (a patch's pixels row by row, channels innermost)."""
+  b, h, w = images.shape[:3]
+  c = images.shape[3] if images.ndim == 4 else 1
   p = patch_size
   if h % p or w % p:
     raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}; set model.kwargs.patch_size "
                      "to a divisor of both")
-  x = images.reshape(b, h // p, p, w // p, p).transpose(0, 1, 3, 2, 4)
-  return x.reshape(b, (h // p) * (w // p), p * p)
+  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def last_valid(h, mask):
@@ -133,6 +137,9 @@ class CLIP(nn.Module):
   num_layers: int = 2
   num_heads: int = 4
   mlp_ratio: int = 2
+  text_width: int = 0  # the text tower's width, layers and heads; 0: the image tower's (width, ...)
+  text_layers: int = 0
+  text_heads: int = 0
   dropout: float = 0.0
   init_scale: float = 0.0  # 0: the paper's (CLIP 1 / 0.07; SigLIP 10)
   init_bias: float = -10.0  # SigLIP only
@@ -148,23 +155,29 @@ class CLIP(nn.Module):
         raise ValueError(f"clip: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
     if self.vocab_size <= 0:
       raise ValueError("clip: model.kwargs.vocab_size must be the size of the caption vocabulary (> 0)")
+    for field in ("text_width", "text_layers", "text_heads"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"clip: model.kwargs.{field} is {getattr(self, field)}; use a positive size, or 0 "
+                         "for the image tower's")
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
     self._check()
+    image_kind = "image_or_rgb" if self.image_tower == "patches" else "image"
     check_modalities(batch, (self.image_key, self.text_key), model_name="clip",
-                     kinds={self.image_key: "image", self.text_key: "tokens"},
+                     kinds={self.image_key: image_kind, self.text_key: "tokens"},
                      field={self.image_key: "image_key", self.text_key: "text_key"},
                      vocab_size=self.vocab_size)
     images = batch[self.image_key]
     tokens, token_mask = batch[self.text_key], batch.get(f"{self.text_key}_mask")
     pixels = patchify(images, self.patch_size) if self.image_tower == "patches" else images
-    common = dict(embed_dim=self.embed_dim, width=self.width, num_layers=self.num_layers,
-                  num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
+    common = dict(embed_dim=self.embed_dim, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
                   attention=self.attention, dtype=self.dtype, remat=self.remat)
-    x = Tower(pool="mean", name="image_tower", **common)(pixels.astype(self.dtype), None, train=train)
-    y = Tower(vocab_size=self.vocab_size, pool=self.text_pool, name="text_tower", **common)(
-        tokens, token_mask, train=train)
+    x = Tower(width=self.width, num_layers=self.num_layers, num_heads=self.num_heads, pool="mean",
+              name="image_tower", **common)(pixels.astype(self.dtype), None, train=train)
+    y = Tower(width=self.text_width or self.width, num_layers=self.text_layers or self.num_layers,
+              num_heads=self.text_heads or self.num_heads, vocab_size=self.vocab_size, pool=self.text_pool,
+              name="text_tower", **common)(tokens, token_mask, train=train)
     if self.loss == "clip":
       init = self.init_scale or 1.0 / 0.07
       t = self.param("log_scale", _scalar(math.log(init)))
