@@ -150,3 +150,20 @@ def test_check_batch_vae():
   with _label_error(r"non-finite values \[inf\]"):
     task.check_batch({"label": np.array([0.5, np.inf])}, (2,))
   tasks.get("vae", label_key="").check_batch(batch, (4, 4))  # a model without a label head
+
+
+def test_pretraining_weighs_the_models_losses_and_divides_accuracies_by_their_counts():
+  task = tasks.get("pretraining")
+  aux = {"losses": {"mlm": (jnp.array([1.0, 3.0, 100.0]), 1.0), "itm": (jnp.array([0.5, 0.5, 100.0]), 2.0)},
+         "accuracies": {"mlm_accuracy": (jnp.array([1.0, 2.0, 9.0]), jnp.array([2.0, 2.0, 9.0]))}}
+  batch = {"_valid": jnp.array([1.0, 1.0, 0.0])}  # the third example is padding
+  loss, metrics = task.loss(jnp.zeros((3, 2)), aux, batch)
+  assert float(loss) == pytest.approx(2.0 + 2 * 0.5)
+  assert float(metrics["mlm"]) == pytest.approx(2.0) and float(metrics["itm"]) == pytest.approx(0.5)
+  assert float(metrics["mlm_accuracy"]) == pytest.approx(3 / 4)  # per token, not per example
+  sums = task.eval_sums(jnp.zeros((3, 2)), aux, batch)
+  assert float(sums["loss"]) == pytest.approx(4.0 + 2 * 1.0) and float(sums["count"]) == 2
+  arrays = {k: np.asarray(v)[:2] for k, v in task.eval_outputs(None, aux, batch).items()}  # real rows
+  assert task.summarize(arrays) == {"mlm_accuracy": pytest.approx(3 / 4)}
+  with pytest.raises(ConfigError, match="aux\\['losses'\\]"):
+    task.loss(jnp.zeros((3, 2)), {}, batch)

@@ -33,7 +33,7 @@ import mmjax.data.builders  # noqa: F401  (registers mmjax's TFDS builders)
 from mmjax.data.errors import DatasetError
 
 # datasets whose data ships inside the package (built on first use), with any of their builder configs
-EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_text")
+EMBEDDED = ("digits_av", "digits_av_captions", "digits_av_qa", "digits_av_text")
 
 
 def _not_the_unprepared_warning(record) -> bool:

@@ -61,6 +61,21 @@ class Vocabulary:
     with importlib.resources.as_file(ref) as path:
       return cls.from_file(path)
 
+  @classmethod
+  def digits_vl(cls) -> Vocabulary:
+    """Loads the vision-language vocabulary of ``digits_av_qa``: ``digits_captions()`` with the same ids (so
+    captions encode identically), then the question words ``even larger smaller than`` and the special
+    tokens ``<cls>``, ``<sep>``, ``<mask>`` of the BERT-style models (VisualBERT, ViLBERT)."""
+    ref = importlib.resources.files("mmjax.data.assets").joinpath("digits_vl_vocab.txt")
+    with importlib.resources.as_file(ref) as path:
+      return cls.from_file(path)
+
+  def id(self, token: str) -> int:
+    """The id of ``token``; a ``KeyError`` naming the token when it is not in the vocabulary."""
+    if token not in self._index:
+      raise KeyError(f"token {token!r} is not in this vocabulary of {len(self)} tokens")
+    return self._index[token]
+
   @property
   def tokens(self) -> list[str]:
     """All tokens, indexed by id."""

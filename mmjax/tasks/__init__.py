@@ -28,12 +28,13 @@ from mmjax.tasks.classification import Classification
 from mmjax.tasks.contrastive import Contrastive
 from mmjax.tasks.multilabel import MultiLabelBinary
 from mmjax.tasks.next_token import NextToken
+from mmjax.tasks.pretraining import Pretraining
 from mmjax.tasks.regression import Regression
 from mmjax.tasks.vae import VAE
 
 _TASKS = {"classification": Classification, "regression": Regression,
           "multilabel_binary": MultiLabelBinary, "next_token": NextToken, "vae": VAE,
-          "contrastive": Contrastive}
+          "contrastive": Contrastive, "pretraining": Pretraining}
 
 
 def names() -> list[str]:
@@ -55,5 +56,5 @@ def get(name: str, **kwargs):
                       f"{fields}") from None
 
 
-__all__ = ["Classification", "Contrastive", "LabelError", "MultiLabelBinary", "NextToken", "Regression",
-           "VAE", "get", "names"]
+__all__ = ["Classification", "Contrastive", "LabelError", "MultiLabelBinary", "NextToken", "Pretraining",
+           "Regression", "VAE", "get", "names"]
