@@ -28,6 +28,7 @@ CONFIG_OF = {
     "clip": "clip_digits.py:runlocal",
     "tfn": "tfn_digits.py:runlocal",
     "lmf": "lmf_digits.py:runlocal",
+    "vilbert": "vilbert_digits.py:pretrain,runlocal",
 }
 B = 4
 

@@ -14,9 +14,11 @@ optional validity mask ``batch[text_key + "_mask"]`` (no ``[CLS]``/``[SEP]``: th
 
 Architecture, width ``D`` for both streams:
 
-1. Text stream input (BERT, ViLBERT sec. 3.1): ``[CLS] w_1 .. w_n [SEP]`` embedded by
+Section titles are cited for ViLBERT (its section numbers were not checked against a stored copy).
+
+1. Text stream input (BERT): ``[CLS] w_1 .. w_n [SEP]`` embedded by
    :class:`mmjax.models.bert.BertEmbeddings` (word + learned position + token type, LayerNorm, dropout).
-2. Image stream input (ViLBERT sec. 3.2, "image regions"): the image is cut into ``patch_size x patch_size``
+2. Image stream input (ViLBERT, "image representations"): the image is cut into ``patch_size x patch_size``
    patches (:func:`mmjax.models.clip.patchify`), ``R = HW / p^2`` "regions" with ``F = p^2`` features each.
    Each region has a 5-d location ``(x1/W, y1/H, x2/W, y2/H, area/(WH))`` as in ViLBERT's spatial encoding.
    A first ``<IMG>`` token holds the mean of the region features with the whole image's location (ViLBERT:
@@ -53,9 +55,9 @@ Heads (``head``):
     cross-entropy; label 1 = the caption describes the image), ``mrr`` (masked region feature regression,
     LXMERT sec. 3.1.2 "RoI-feature regression": ``LN(gelu(W v))`` then a linear map to the ``F`` region
     features, smooth-L1 (or L2, ``region_loss``) to the original features of the masked regions only),
-    each ``(per_example [B], weight)``; ``aux["accuracies"]`` = ``mlm`` and ``itm``. The per-example
-    terms of ``mlm`` and ``mrr`` are scaled so that their mean over the valid examples is the mean over
-    all masked tokens (regions) of the batch, BERT's normalisation.
+    each ``(per_example [B], weight)``; ``aux["accuracies"]`` = ``mlm_accuracy`` (over the masked tokens)
+    and ``itm_accuracy``. The per-example terms of ``mlm`` and ``mrr`` are scaled so that their mean over
+    the valid examples is the mean over all masked tokens (regions) of the batch, BERT's normalisation.
     Masking (rng stream ``latent``): BERT's, 15 % (``mask_prob``) of the real text tokens chosen, of those
     80 % -> ``mask_id``, 10 % a random id, 10 % kept; 15 % (``region_mask_prob``) of the regions (not
     ``<IMG>``) chosen and their features zeroed. ITM negatives: with probability ``itm_negative_prob`` an
@@ -471,8 +473,8 @@ class ViLBERT(nn.Module):
             "mrr": (masked_mean_per_example(per_region, region_chosen, weights), self.region_weight),
         },
         "accuracies": {
-            "mlm": (as_float(token_correct.sum(axis=1)), as_float(text_chosen.sum(axis=1))),
-            "itm": (as_float(jnp.argmax(itm_logits, -1) == itm_labels), jnp.ones((n,), jnp.float32)),
+            "mlm_accuracy": (as_float(token_correct.sum(axis=1)), as_float(text_chosen.sum(axis=1))),
+            "itm_accuracy": (as_float(jnp.argmax(itm_logits, -1) == itm_labels), jnp.ones((n,))),
         },
     }
     return itm_logits, aux
