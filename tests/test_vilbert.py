@@ -5,6 +5,7 @@ sharding: tests/test_contract.py and tests/test_sharding.py through CONFIG_OF.)"
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +17,17 @@ from mmjax.models.vilbert import add_cls_sep, mask_tokens, masked_mean_per_examp
 
 B, T, VOCAB = 4, 6, 40
 TINY = {"vocab_size": VOCAB, "cls_id": 2, "sep_id": 3, "mask_id": 4, "width": 16, "num_heads": 2,
-        "intermediate_size": 32, "num_text_layers": 1, "num_image_layers": 1, "num_fusion_layers": 1,
+        "intermediate_size": 32, "num_text_layers": 0, "num_image_layers": 0, "num_fusion_layers": 1,
         "max_text_length": 16, "num_answers": 12, "dropout": 0.0, "attention_dropout": 0.0}
 
 
 def tiny(**kw):
   return models.build("vilbert", {**TINY, **kw})
+
+
+def init_params(model, batch):
+  """The model's parameters, initialised under ``jit`` (one compile instead of op-by-op dispatch)."""
+  return jax.jit(lambda b: model.init(jax.random.PRNGKey(0), b, train=False)["params"])(batch)
 
 
 def make_batch(seed=0, n=B):
@@ -41,7 +47,7 @@ def test_co_attention_is_the_only_path_between_the_streams(fusion):
   probe = jax.random.normal(jax.random.PRNGKey(3), (B, T + 2, 16))
   for co_attention in (False, True):
     model = tiny(fusion=fusion, head="qa", co_attention=co_attention)
-    params = model.init(jax.random.PRNGKey(0), batch, train=False)["params"]
+    params = init_params(model, batch)
     text_norm, image_norm = jax.jit(functools.partial(cross_gradients, model))(params, batch, probe)
     if co_attention:
       assert text_norm > 1e-6 and image_norm > 1e-6, (text_norm, image_norm)
@@ -85,21 +91,27 @@ def test_region_regression_counts_only_masked_regions_and_masking_hides_them(fus
   batch = make_batch()
   rngs = {"latent": jax.random.PRNGKey(5)}
 
-  def run(**kw):
-    model = tiny(fusion=fusion, head="pretrain", itm_negative_prob=0.0, **kw)
-    params = model.init(jax.random.PRNGKey(0), batch, train=False)["params"]
-    apply = jax.jit(lambda image: model.apply({"params": params}, {**batch, "image": image}, train=True,
-                                              rngs=rngs))
-    return apply, apply(batch["image"])[1]["losses"]
+  def model_and_params(region_mask_prob):
+    model = tiny(fusion=fusion, head="pretrain", itm_negative_prob=0.0, region_mask_prob=region_mask_prob)
+    return model, init_params(model, batch)
 
-  _, losses = run(region_mask_prob=0.0)  # no region masked: no regression loss at all
+  model, params = model_and_params(0.0)  # no region masked: no regression loss at all
+  losses = jax.jit(lambda p: model.apply({"params": p}, batch, train=True, rngs=rngs)[1]["losses"])(params)
   assert float(jnp.abs(losses["mrr"][0]).sum()) == 0.0
   assert float(losses["mlm"][0].sum()) > 0 and float(losses["itm"][0].sum()) > 0
   # Every region masked: the image reaches the model only as the regression target (the masked features
   # are zeroed, the <IMG> mean too), so the matching logits do not depend on it.
-  apply, losses = run(region_mask_prob=1.0)
-  assert float(losses["mrr"][0].min()) > 0
-  grad = jax.grad(lambda im: apply(im)[0].sum())(batch["image"])
+  model, params = model_and_params(1.0)
+
+  @jax.jit
+  def logits_and_grad(image):
+    apply = lambda im: model.apply({"params": params}, {**batch, "image": im}, train=True, rngs=rngs)  # noqa: E731
+    (_, losses), grad = jax.value_and_grad(lambda im: (apply(im)[0].sum(), apply(im)[1]["losses"]),
+                                           has_aux=True)(image)
+    return losses["mrr"][0], grad
+
+  mrr, grad = logits_and_grad(batch["image"])
+  assert float(mrr.min()) > 0
   assert float(jnp.abs(grad).sum()) == 0.0
 
 
@@ -126,17 +138,19 @@ def test_backbone_grafts_from_pretraining_into_qa_exactly(data_dir):
   from mmjax.train.pretrained import graft
   from tests.conftest import CONFIGS
 
-  def init(arg, text_key, seed):
+  def init(arg, text_key, seed):  # the configs' parameter tree, filled with random values (no compile)
     cfg = get_config(f"{CONFIGS / 'vilbert_digits.py'}:{arg}", [f"data.data_dir={data_dir}"])
     model = models.build("vilbert", dict(cfg.model.kwargs))
     batch = make_batch()
     batch[text_key] = np.minimum(batch.pop("caption_tokens"), cfg.model.kwargs.vocab_size - 1)
     batch[text_key + "_mask"] = batch.pop("caption_tokens_mask")
-    return cfg, jax.device_get(model.init(jax.random.PRNGKey(seed), batch, train=False)["params"])
+    shapes = jax.eval_shape(lambda: init_params(model, batch))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape).astype(x.dtype), nn.unbox(shapes))
 
   for variant in ("", "lxmert,"):
-    _, pre = init(variant + "pretrain,runlocal", "caption_tokens", 0)
-    cfg, qa = init(variant + "runlocal", "question_tokens", 1)
+    pre = init(variant + "pretrain,runlocal", "caption_tokens", 0)
+    qa = init(variant + "runlocal", "question_tokens", 1)
     assert set(pre) & set(qa) == {"backbone"}
     out = graft(qa, pre["backbone"], "backbone")
     jax.tree_util.tree_map(np.testing.assert_array_equal, out["backbone"], pre["backbone"])
@@ -144,7 +158,7 @@ def test_backbone_grafts_from_pretraining_into_qa_exactly(data_dir):
       jax.tree_util.tree_map(np.testing.assert_array_equal, out[head], qa[head])
   from mmjax.train.checkpoint import CheckpointError
   with pytest.raises(CheckpointError):  # a ViLBERT backbone does not fit an LXMERT model
-    graft(qa, init("pretrain,runlocal", "caption_tokens", 0)[1]["backbone"], "backbone")
+    graft(qa, init("pretrain,runlocal", "caption_tokens", 0)["backbone"], "backbone")
 
 
 @pytest.mark.parametrize("fusion", ["coattention", pytest.param("lxmert", marks=pytest.mark.slow)])
@@ -154,7 +168,7 @@ def test_pretraining_losses_fall_on_a_tiny_batch(fusion):
   model = tiny(fusion=fusion, head="pretrain", mask_prob=0.3, region_mask_prob=0.3)
   task = tasks.get("pretraining")
   batch = make_batch(n=8)
-  params = model.init(jax.random.PRNGKey(0), batch, train=False)["params"]
+  params = init_params(model, batch)
   opt = optax.adam(3e-3)
   latent = {"latent": jax.random.PRNGKey(1)}  # the same masks every step: the batch can be memorised
 

@@ -12,17 +12,16 @@ Papers (and original code, read for facts only; no code is copied)
 Inputs: ``batch[image_key]`` images ``[B, H, W]`` (float), ``batch[text_key]`` token ids ``[B, T]`` with the
 optional validity mask ``batch[text_key + "_mask"]`` (no ``[CLS]``/``[SEP]``: the model adds them).
 
-Architecture, width ``D`` for both streams:
-
-Section titles are cited for ViLBERT (its section numbers were not checked against a stored copy).
+Architecture, width ``D`` for both streams (ViLBERT is cited by section titles: its section numbers were not
+checked against a stored copy):
 
 1. Text stream input (BERT): ``[CLS] w_1 .. w_n [SEP]`` embedded by
    :class:`mmjax.models.bert.BertEmbeddings` (word + learned position + token type, LayerNorm, dropout).
 2. Image stream input (ViLBERT, "image representations"): the image is cut into ``patch_size x patch_size``
    patches (:func:`mmjax.models.clip.patchify`), ``R = HW / p^2`` "regions" with ``F = p^2`` features each.
    Each region has a 5-d location ``(x1/W, y1/H, x2/W, y2/H, area/(WH))`` as in ViLBERT's spatial encoding.
-   A first ``<IMG>`` token holds the mean of the region features with the whole image's location (ViLBERT:
-   "the image feature is the mean-pooled feature of all regions", its box the whole image).
+   A first ``<IMG>`` token holds the mean of the region features with the whole image's location (ViLBERT's
+   special image token: the mean-pooled region features with a box covering the whole image).
    ViLBERT: ``v = LN(W_f f + W_l loc)``; LXMERT (sec. 2.1, "object-level image embeddings"):
    ``v = (LN(W_f f) + LN(W_l loc)) / 2``; then dropout. ``[B, 1 + R, D]``.
 3. ``num_text_layers`` BERT layers on the text (:class:`mmjax.models.bert.BertLayer`, post-LN, GELU) and
@@ -78,6 +77,9 @@ Deviations from the papers and the original code, and why:
   * ITM negatives replace the image (ViLBERT replaces either; LXMERT replaces the sentence), and the
     masked losses are computed on mismatched pairs too (as vilbert-multi-task does; LXMERT skips only its
     QA loss on them).
+  * ``itm_match_key`` is not in the papers (their random negatives almost never show the caption's
+    content); here one random replacement in ten shows the same digit, which a caption naming only the
+    digit cannot tell apart, so the digits config labels those pairs as matches.
   * One width for both streams and the co-attention (ViLBERT: text 768, image 1024, co-attention 1024).
   * Cross-attention uses :class:`mmjax.layers.MultiHeadAttention` (flax's default LeCun-normal kernels),
     not BERT's normal(0.02) initialisation; the BERT layers and heads use normal(0.02).
