@@ -18,6 +18,13 @@ ViLBERT's co-attention; its pretraining run is ``runs/lxmert_digits_pretrain``),
 of a tiny model). The vocabulary is ``Vocabulary.digits_vl()`` (the captions' ids plus the question words
 and ``<cls>``, ``<sep>``, ``<mask>``) in both stages, so the grafted word embeddings fit. Sizes are for this
 CPU (1-2 minutes per stage), not the papers' (BERT-base streams, 3.1M Conceptual Captions pairs).
+
+Measured (3 seeds each, results/digits_av/{vilbert,lxmert}_{pretrain,qa}; QA from seed 0's pretraining run):
+pretraining learns the caption templates (MLM accuracy ~0.835, what the templates allow without reading the
+image) but not image-text matching (ITM accuracy 0.545 = always "match") with either fusion. QA: ViLBERT
+51.1 +- 3.8 % test (two seeds at the question-only baseline of 48.5 %, one at 55 %; one seed run for 4,000
+steps stayed at 48.4 %), LXMERT 72.0 +- 5.2 % (from scratch, without the pretraining run: 60.0 +- 7.3 %,
+results/digits_av/lxmert_qa_scratch).
 """
 
 from mmjax.config import default_config
