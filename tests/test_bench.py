@@ -193,7 +193,7 @@ def test_profile_charges_nested_instructions_their_self_time(tmp_path):
   events = [{"ph": "X", "name": "call.1", "ts": 0, "dur": 100, "pid": 1, "tid": 1},
             {"ph": "X", "name": "fusion.2", "ts": 10, "dur": 60, "pid": 1, "tid": 1},  # inside call.1
             {"ph": "X", "name": "fusion.2", "ts": 5, "dur": 30, "pid": 1, "tid": 2},  # another thread
-            {"ph": "X", "name": "PjitFunction", "ts": 0, "dur": 500, "pid": 1, "tid": 1},  # not an instruction
+            {"ph": "X", "name": "PjitFunction", "ts": 0, "dur": 500, "pid": 1, "tid": 1},  # not an op
             {"ph": "X", "name": "fusion.3", "ts": 200, "dur": 40, "pid": 1, "tid": 1}]
   (tmp_path / "x").mkdir()
   with gzip.open(tmp_path / "x" / "perfetto_trace.json.gz", "wt") as f:

@@ -15,6 +15,7 @@ ARGS = {"mult_mosi": ["", "aligned", "unaligned,lonly"], "mult_mosei": ["", "ali
         "mfm_mosi": ["", "unaligned"], "mag_digits": ["", "gpt2"], "mctn_digits": ["", "image,runlocal"],
         "tfn_mosi": ["", "unaligned"], "tfn_digits": ["", "audio"],
         "visualbert_digits": ["", "pretrain", "scratch"],
+        "vilbert_digits": ["", "pretrain", "lxmert", "lxmert,pretrain"],
         "frozen_gpt2": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny")],
         "clip_coco": [str(Path(__file__).resolve().parent / "fixtures" / "gpt2_tiny"), "bench,sigmoid"]}
 CASES = [(p, a) for p in EXPERIMENTS for a in ARGS.get(p.stem, [""])]

@@ -31,6 +31,7 @@ CONFIG_OF = {
     "tfn": "tfn_digits.py:runlocal",
     "lmf": "lmf_digits.py:runlocal",
     "visualbert": "visualbert_digits.py:pretrain,runlocal",
+    "vilbert": "vilbert_digits.py:pretrain,runlocal",
 }
 B = 4
 

@@ -16,6 +16,7 @@ from mmjax.models import (  # noqa: F401  (registration side effects)
     mult,
     mvae,
     tfn,
+    vilbert,
     visualbert,
 )
 from mmjax.models.convert import hf_bert, hf_gpt2, mult_torch  # noqa: F401  (loader registration)
