@@ -341,5 +341,7 @@ def table_footnote(summaries: Sequence[Mapping]) -> str:
   machines = list(dict.fromkeys(describe_machine(s["machine"], os_name=False)
                                 for s in summaries if s.get("machine")))
   where = "; ".join(machines) if machines else "an unrecorded machine"
+  if counts == [1]:
+    return f"One seed{seeds} per row, so no std. Measured on {where}."
   return (f"Mean ± std over n = {n} seeds{seeds} per row; std is the sample standard deviation "
           f"(ddof = 1). Measured on {where}.")

@@ -218,6 +218,8 @@ def test_markdown_table_and_footnote():
   assert "Measured on 1 x NVIDIA H200, jax 0.11." in note
   b = {**a, "seeds": [0, 1, 2, 3, 4], "machine": None}
   assert "n = 3\u20135 seeds per row" in sweep.table_footnote([a, b])
+  one = {**a, "seeds": [0]}
+  assert sweep.table_footnote([one]).startswith("One seed (0) per row, so no std.")
 
 
 def test_describe_machine_git_commit_and_machine_info(tmp_path):
