@@ -205,6 +205,39 @@ TABLES["precision_digits_av"] = {
     ],
 }
 
+TABLES["vl_pretrain_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("model", "config"),
+    "rows": [
+        ("visualbert_pretrain", "VisualBERT (one stream)", "configs/visualbert_digits.py:pretrain"),
+        ("vilbert_pretrain", "ViLBERT (co-attention)", "configs/vilbert_digits.py:pretrain"),
+        ("lxmert_pretrain", "LXMERT (cross-modality encoder)", "configs/vilbert_digits.py:lxmert,pretrain"),
+    ],
+    "columns": [
+        ("num_params", "params", "int"),
+        ("test/mlm_accuracy", "masked-token acc.", "percent"),
+        ("test/itm_accuracy", "image-text matching acc.", "percent"),
+    ],
+}
+
+TABLES["vl_qa_digits_av"] = {
+    "dataset": "digits_av",
+    "lead": ("model", "config"),
+    "rows": [
+        ("visualbert_qa", "VisualBERT, pretrained", "configs/visualbert_digits.py"),
+        ("visualbert_qa_scratch", "VisualBERT, from scratch", "configs/visualbert_digits.py:scratch"),
+        ("vilbert_qa", "ViLBERT, pretrained", "configs/vilbert_digits.py"),
+        ("vilbert_qa_scratch", "ViLBERT, from scratch", "configs/vilbert_digits.py"),
+        ("lxmert_qa", "LXMERT, pretrained", "configs/vilbert_digits.py:lxmert"),
+        ("lxmert_qa_scratch", "LXMERT, from scratch", "configs/vilbert_digits.py:lxmert"),
+    ],
+    "columns": [
+        ("num_params", "params", "int"),
+        ("validation/accuracy", "validation acc.", "percent"),
+        ("test/accuracy", "test acc.", "percent"),
+    ],
+}
+
 # table id -> results/published/<id>.json: published reference numbers, each row with its source.
 PUBLISHED = ("published_cmu_mosi",)
 
