@@ -185,8 +185,10 @@ TABLES["clip_digits_av"] = {
         ("zero_shot/probe/held_out", "linear probe 7-9", "percent"),
         ("zero_shot/probe/all", "linear probe all", "percent"),
         ("zero_shot/retrieval/i2t/R@1", "image->text R@1", "percent"),
+        ("zero_shot/retrieval/i2t/R@5", "R@5", "percent"),
         ("zero_shot/retrieval/i2t/R@10", "R@10", "percent"),
         ("zero_shot/retrieval/t2i/R@1", "text->image R@1", "percent"),
+        ("zero_shot/retrieval/t2i/R@5", "R@5", "percent"),
         ("zero_shot/retrieval/t2i/R@10", "R@10", "percent"),
     ],
 }
