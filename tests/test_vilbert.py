@@ -197,3 +197,15 @@ def test_bad_fields_are_clear_errors():
                       ({"mask_id": VOCAB}, "mask_id"), ({"itm_match_key": "digit"}, "itm_match_key")):
     with pytest.raises(ValueError, match=message):
       tiny(**kw).init(jax.random.PRNGKey(0), batch, train=False)
+
+
+def test_init_std_sets_the_normal_initialisation_of_every_bert_style_weight():
+  """``init_std`` is BERT's initializer_range for the embeddings, the BERT layers and the heads alike."""
+  batch = make_batch()
+  for std in (0.02, 0.5):
+    model = tiny(head="pretrain", width=32, intermediate_size=256, init_std=std)
+    params = nn.unbox(init_params(model, batch))
+    for kernel in (params["backbone"]["text_embeddings"]["word_embeddings"]["embedding"],
+                   params["backbone"]["fusion_0"]["text_co_ffn"]["intermediate"]["kernel"],
+                   params["itm"]["kernel"]):
+      assert abs(float(np.std(kernel)) / std - 1) < 0.25, (std, float(np.std(kernel)))

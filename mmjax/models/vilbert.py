@@ -114,8 +114,9 @@ REGION_LOSSES = ("smooth_l1", "l2")
 PAPER_POOL = {"coattention": "mul", "lxmert": "text"}
 
 
-def _normal():
-  return nn.initializers.normal(0.02)
+def _normal(cfg: BertConfig):
+  """BERT's initialisation of weights, normal(``initializer_range``; ``init_std`` in the model)."""
+  return nn.initializers.normal(cfg.initializer_range)
 
 
 def _layer_norm(cfg: BertConfig, dtype, name):
@@ -179,9 +180,9 @@ class _ImageEmbeddings(nn.Module):
   def __call__(self, features, locations, *, train: bool):
     cfg = self.config
     f = axes.dense(cfg.hidden_size, ("features", "embed"), dtype=self.dtype, name="feature_proj",
-                   kernel_init=_normal())(features.astype(self.dtype))
+                   kernel_init=_normal(cfg))(features.astype(self.dtype))
     loc = axes.dense(cfg.hidden_size, ("features", "embed"), dtype=self.dtype, name="location_proj",
-                     kernel_init=_normal())(locations.astype(self.dtype))[None]
+                     kernel_init=_normal(cfg))(locations.astype(self.dtype))[None]
     if self.fusion == "lxmert":  # (LN(W_f f) + LN(W_l loc)) / 2
       x = (_layer_norm(cfg, self.dtype, "feature_norm")(f) + _layer_norm(cfg, self.dtype, "location_norm")(
           jnp.broadcast_to(loc, f.shape))) / 2
@@ -218,10 +219,10 @@ class _FeedForward(nn.Module):
   def __call__(self, x, *, train: bool):
     cfg = self.config
     h = axes.dense(cfg.intermediate_size, ("embed", "mlp"), dtype=self.dtype, name="intermediate",
-                   kernel_init=_normal())(x)
+                   kernel_init=_normal(cfg))(x)
     h = axes.constrain(ACTIVATIONS[cfg.hidden_act](h), axes.BATCH_LENGTH_MLP)
     h = axes.dense(cfg.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="output",
-                   kernel_init=_normal())(h)
+                   kernel_init=_normal(cfg))(h)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=not train)
     return _layer_norm(cfg, self.dtype, "LayerNorm")(x + h)
 
@@ -298,7 +299,7 @@ class Backbone(nn.Module):
     self.sow("intermediates", "text_output", t)
     self.sow("intermediates", "image_output", v)
     dense = lambda name: axes.dense(cfg.hidden_size, ("embed", "mlp"), dtype=self.dtype, name=name,  # noqa: E731
-                                    kernel_init=_normal())
+                                    kernel_init=_normal(cfg))
     if self.pool == "mul":  # ViLBERT: ReLU(W_t t_[CLS]) * ReLU(W_v v_<IMG>)
       pooled = nn.relu(dense("text_pooler")(t[:, 0])) * nn.relu(dense("image_pooler")(v[:, 0]))
     else:  # LXMERT: tanh(W t_[CLS])
@@ -316,7 +317,7 @@ class _Transform(nn.Module):
   def __call__(self, h):
     cfg = self.config
     h = axes.dense(cfg.hidden_size, ("embed", "mlp"), dtype=self.dtype, name="dense",
-                   kernel_init=_normal())(h)
+                   kernel_init=_normal(cfg))(h)
     return _layer_norm(cfg, self.dtype, "LayerNorm")(ACTIVATIONS[cfg.hidden_act](h))
 
 
@@ -353,6 +354,7 @@ class ViLBERT(nn.Module):
   mlm_weight: float = 1.0
   itm_weight: float = 1.0
   region_weight: float = 1.0
+  init_std: float = 0.02  # std of the normal initialisation (BERT's initializer_range)
   attention: str = "xla"  # attention kernel, see mmjax.layers.attention
   dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
   remat: str = "none"  # rematerialise each layer (config.remat)
@@ -386,7 +388,7 @@ class ViLBERT(nn.Module):
     return BertConfig(vocab_size=self.vocab_size, hidden_size=self.width, num_hidden_layers=0,
                       num_attention_heads=self.num_heads, intermediate_size=self.intermediate_size,
                       max_position_embeddings=self.max_text_length, hidden_dropout_prob=self.dropout,
-                      attention_probs_dropout_prob=self.attention_dropout)
+                      attention_probs_dropout_prob=self.attention_dropout, initializer_range=self.init_std)
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
@@ -411,11 +413,11 @@ class ViLBERT(nn.Module):
       _, _, pooled, _ = backbone(ids, valid, patchify(images, self.patch_size), locations, train=train)
       h = nn.Dropout(self.dropout)(pooled, deterministic=not train)
       h = axes.dense(2 * self.width, ("embed", "mlp"), dtype=self.dtype, name="answer_hidden",
-                     kernel_init=_normal())(h)
+                     kernel_init=_normal(cfg))(h)
       h = axes.layer_norm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="answer_norm")(
           ACTIVATIONS[cfg.hidden_act](h))
       logits = axes.dense(self.num_answers, ("mlp", "features"), dtype=self.dtype, name="answer_logits",
-                          kernel_init=_normal())(h)
+                          kernel_init=_normal(cfg))(h)
       return logits.astype(jnp.float32), {"pooled": pooled.astype(jnp.float32)}
 
     # Pretraining. Masks and negatives come from the "latent" stream; model.init gets none (and evaluation
@@ -452,7 +454,7 @@ class ViLBERT(nn.Module):
 
     # Image-text matching on the pooled output.
     h = nn.Dropout(self.dropout)(pooled, deterministic=not train)
-    itm_logits = axes.dense(2, ("embed", "features"), dtype=self.dtype, name="itm", kernel_init=_normal())(
+    itm_logits = axes.dense(2, ("embed", "features"), dtype=self.dtype, name="itm", kernel_init=_normal(cfg))(
         h).astype(jnp.float32)
     itm_labels = matched.astype(jnp.int32)
     itm_loss = -jnp.take_along_axis(jax.nn.log_softmax(itm_logits), itm_labels[:, None], axis=-1)[:, 0]
@@ -460,7 +462,7 @@ class ViLBERT(nn.Module):
     # Masked region feature regression, on the masked regions only (the <IMG> token is never masked).
     h = _Transform(cfg, self.dtype, name="region_transform")(v[:, 1:])
     predicted = axes.dense(regions.shape[-1], ("embed", "features"), dtype=self.dtype, name="region_output",
-                           kernel_init=_normal())(h).astype(jnp.float32)
+                           kernel_init=_normal(cfg))(h).astype(jnp.float32)
     diff = predicted - regions
     if self.region_loss == "l2":
       per_region = jnp.mean(diff * diff, axis=-1)
