@@ -4,6 +4,7 @@ model exactly, and the pretraining losses fall on a tiny batch. (Shapes, finite 
 sharding: tests/test_contract.py and tests/test_sharding.py through CONFIG_OF.)"""
 
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -209,3 +210,25 @@ def test_init_std_sets_the_normal_initialisation_of_every_bert_style_weight():
                    params["backbone"]["fusion_0"]["text_co_ffn"]["intermediate"]["kernel"],
                    params["itm"]["kernel"]):
       assert abs(float(np.std(kernel)) / std - 1) < 0.25, (std, float(np.std(kernel)))
+
+
+def test_matching_probe_data_and_output(tmp_path):
+  """scripts/matching_probe.py: the synthetic square sits where the caption's digit says, and a short run
+  writes one history per seed (the committed results/probes/matching.json comes from its full run)."""
+  import importlib.util
+
+  from tests.conftest import ROOT
+
+  spec = importlib.util.spec_from_file_location("matching_probe", ROOT / "scripts" / "matching_probe.py")
+  probe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(probe)
+  batch = probe.synthetic_batch(np.random.default_rng(0), n=16)
+  for image, tokens, digit in zip(batch["image"], batch["caption_tokens"], batch["label"], strict=True):
+    assert tokens[1] == 10 + digit and image.sum() == 4.0
+    assert image[2 * (digit // 4), 2 * (digit % 4)] == 1.0
+  out = tmp_path / "probe.json"
+  assert probe.main(["--out", str(out), "--only", "visualbert_init0.125", "--steps", "4", "--every", "2",
+                     "--seeds", "0,1"]) == 0
+  result = json.loads(out.read_text())["results"]["visualbert_init0.125"]
+  assert sorted(result["seeds"]) == ["0", "1"]
+  assert [h["step"] for h in result["seeds"]["1"]["history"]] == [2, 4]
