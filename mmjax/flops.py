@@ -262,3 +262,188 @@ def _clip(model, shapes, tally: Tally) -> None:
   tally.dense(b, text_width, model.embed_dim)
   tally.add(2.0 * b * b * model.embed_dim)  # the B x B similarities of the loss
   tally.forward += 2.0 * b * b * model.embed_dim  # again for the in-batch retrieval metric (no gradient)
+
+
+# -- vision-language and generative models ----------------------------------------------------------------
+
+def _ffn(tally: Tally, tokens: int, width: int, hidden: int) -> None:
+  """BERT's intermediate and output sub-layers (``LN(x + W2 act(W1 x))``)."""
+  tally.dense(tokens, width, hidden)  # W1
+  tally.dense(tokens, hidden, width)  # W2
+
+
+def _attention_block(tally: Tally, b: int, lq: int, lk: int, width: int) -> None:
+  """Multi-head attention of ``lq`` queries over ``lk`` keys with its output projection (BERT's
+  self-attention when ``lq`` and ``lk`` are the same stream; ViLBERT's and LXMERT's cross-attention)."""
+  tally.dense(b * lq, width, width)  # query
+  tally.dense(b * lk, width, 2 * width)  # key, value
+  tally.attention(b, lq, lk, width)
+  tally.dense(b * lq, width, width)  # output
+
+
+def _bert_layer(tally: Tally, b: int, t: int, width: int, hidden: int) -> None:
+  """:class:`mmjax.models.bert.BertLayer`: self-attention, then the FFN."""
+  _attention_block(tally, b, t, t, width)
+  _ffn(tally, b * t, width, hidden)
+
+
+def _regions(image, patch_size: int) -> tuple[int, int, int]:
+  """``(B, regions, features per region)`` of :func:`mmjax.models.clip.patchify`."""
+  b, h, w = image.shape[:3]
+  c = image.shape[3] if len(image.shape) == 4 else 1
+  return b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c
+
+
+@register("visualbert")
+def _visualbert(model, shapes, tally: Tally) -> None:
+  """VisualBERT (Li et al., 2019, sec. 3.1-3.2): one BERT over ``[CLS] text [SEP]`` and the patches."""
+  b, n, features = _regions(shapes[model.image_key], model.patch_size)
+  t, d = shapes[model.text_key].shape[1] + 2, model.width
+  tally.dense(b * n, features, d, reads_batch=True)  # visual_projection of the regions
+  for _ in range(model.num_layers):
+    _bert_layer(tally, b, t + n, d, model.mlp_dim)
+  tally.dense(b, d, d)  # pooler
+  if model.head == "qa":
+    tally.dense(b, d, 2 * d)  # qa_hidden
+    tally.dense(b, 2 * d, model.num_answers)  # qa_out
+    return
+  tally.dense(b * t, d, d)  # mlm_transform, at every text position
+  tally.dense(b * t, d, model.vocab_size)  # MLM decoder tied to the word embeddings (gradients of both)
+  tally.dense(b, d, 2)  # itm
+
+
+@register("vilbert")
+def _vilbert(model, shapes, tally: Tally) -> None:
+  """ViLBERT's co-attention (Lu et al., 2019, Fig. 2b) or LXMERT's cross-modality encoder (Tan and Bansal,
+  2019, sec. 2.2): a text and an image stream (``<IMG>`` + patches) joined by cross-attention."""
+  b, r, features = _regions(shapes[model.image_key], model.patch_size)
+  t, v, d, hidden = shapes[model.text_key].shape[1] + 2, 1 + r, model.width, model.intermediate_size
+  pool = model.pool or ("mul" if model.fusion == "coattention" else "text")
+  n = model.num_fusion_layers
+  # The QA head on the text-only pooler never reads the image stream after the text's last cross-attention
+  # to it: that tail is computed (forward) but gets no gradient (no backward), as in the traced step.
+  text_only = model.head == "qa" and pool == "text"
+  tail = Tally()
+  image = tail if text_only and not (model.co_attention and n) else tally
+  image.dense(b * v, features, d, reads_batch=True)  # feature_proj of <IMG> (the regions' mean) and regions
+  image.dense(v, 5, d, reads_batch=True)  # location_proj of the constant boxes: no input gradient
+  for _ in range(model.num_text_layers):
+    _bert_layer(tally, b, t, d, hidden)
+  for _ in range(model.num_image_layers):
+    _bert_layer(image, b, v, d, hidden)
+  for i in range(n):
+    image = tail if text_only and (not model.co_attention or i == n - 1) else tally
+    if model.co_attention:
+      _attention_block(tally, b, t, v, d)  # text queries, image keys and values
+      _attention_block(image, b, v, t, d)  # image queries, text keys and values (LXMERT: the same weights)
+      if model.fusion == "coattention":
+        _ffn(tally, b * t, d, hidden)  # text_co_ffn
+        _ffn(image, b * v, d, hidden)  # image_co_ffn
+    _bert_layer(tally, b, t, d, hidden)  # ViLBERT's TRM; LXMERT's self-attention and FFN, text
+    _bert_layer(image, b, v, d, hidden)  # the same, image
+  tally.forward += tail.forward
+  tally.add(2.0 * b * d * d * (2 if pool == "mul" else 1))  # text (and image) pooler
+  if model.head == "qa":
+    tally.dense(b, d, 2 * d)  # answer_hidden
+    tally.dense(b, 2 * d, model.num_answers)  # answer_logits
+    return
+  tally.dense(b * t, d, d)  # mlm_transform, at every text position
+  tally.dense(b * t, d, model.vocab_size)  # MLM decoder tied to the word embeddings (gradients of both)
+  tally.dense(b, d, 2)  # itm
+  tally.dense(b * r, d, d)  # region_transform (the regions, not <IMG>)
+  tally.dense(b * r, d, features)  # region_output: the regressed region features
+
+
+def _modality_encoder(tally: Tally, model, m: str, x) -> None:
+  """:class:`mmjax.models.vae_common.ModalityEncoder` of modality ``m``: an MLP on the flattened image, or
+  :class:`mmjax.layers.SequenceEmbed` and a pre-LN encoder (``mlp_ratio`` 2), mean-pooled."""
+  d = model.width
+  if m in tuple(model.image_modalities):
+    b = x.shape[0]
+    tally.dense(b, math.prod(x.shape[1:]), d, reads_batch=True)  # hidden
+    tally.dense(b, d, d)  # out
+  else:
+    b, t = _sequence_embed(tally, x, d)
+    _encoder(tally, b, t, d, model.num_layers, 2)
+
+
+def _modality_decoder(tally: Tally, model, m: str, x, n: int, latent: int) -> None:
+  """:class:`mmjax.models.vae_common.ModalityDecoder` of ``n`` latents ``[n, latent]`` to the shape of
+  ``x``: an MLP to the pixels, or (per step, non-autoregressive) an MLP over the latent plus positions."""
+  d = model.width
+  tally.dense(n, latent, d)  # latent
+  if m in tuple(model.image_modalities):
+    tally.dense(n, d, d)  # hidden
+    tally.dense(n, d, math.prod(x.shape[1:]))  # out: the pixels
+    return
+  t = x.shape[1]
+  tally.dense(t, d, d, reads_batch=True)  # positions: the sinusoidal table is a constant (no input gradient)
+  tally.dense(n * t, d, d)  # hidden
+  tally.dense(n * t, d, model.vocab_size if _is_tokens(x) else x.shape[2])  # out: logits or features
+
+
+@register("mfm")
+def _mfm(model, shapes, tally: Tally) -> None:
+  """MFM (Tsai et al., 2019, sec. 2): encoders, surrogate inference, factor MLPs, decoders, classifier."""
+  mods, d = tuple(model.modalities), model.width
+  b, others = shapes[mods[0]].shape[0], len(mods) - 1
+  factor = model.factor_dim * (2 if model.prior_matching == "kl" else 1)  # KL: mean and log-variance
+  for m in mods:
+    _modality_encoder(tally, model, m, shapes[m])
+    tally.dense(b, others * d + others, d)  # surrogate hidden: the other encodings and their flags
+    tally.dense(b, d, d)  # surrogate out
+    tally.dense(b, d, d)  # private head (f_m) hidden
+    tally.dense(b, d, factor)  # private head out
+  tally.dense(b, len(mods) * d, d)  # fusion of the encodings
+  tally.dense(b, d, d)  # shared head (f_y) hidden
+  tally.dense(b, d, factor)  # shared head out
+  for m in mods:
+    _modality_decoder(tally, model, m, shapes[m], b, 2 * model.factor_dim)  # from [f_y; f_m]
+  tally.dense(b, model.factor_dim, d)  # classifier hidden, on f_y
+  tally.dense(b, d, model.num_classes)  # classifier out
+
+
+def _vae_encoders(tally: Tally, model, shapes) -> int:
+  """:meth:`mmjax.models.vae_common.MultimodalVAE.encode`: an encoder and a Gaussian head per modality;
+  returns ``B``."""
+  d = model.width
+  for m in model.modalities:
+    _modality_encoder(tally, model, m, shapes[m])
+    tally.dense(shapes[m].shape[0], d, d)  # GaussianHead hidden
+    tally.dense(shapes[m].shape[0], d, 2 * model.latent_dim)  # GaussianHead out: mean and log-variance
+  return shapes[model.modalities[0]].shape[0]
+
+
+def _latent_probe(tally: Tally, model, b: int) -> None:
+  if model.num_classes:
+    tally.dense(b, model.latent_dim, model.num_classes, reads_batch=True)  # on stop_gradient(mu)
+
+
+@register("mvae")
+def _mvae(model, shapes, tally: Tally) -> None:
+  """MVAE (Wu and Goodman, 2018, sec. 2-3): the product of experts is element-wise (not counted); each
+  sub-sampled ELBO term (joint, one per modality, ``num_random_subsets`` random subsets in training)
+  decodes its own sample to every modality."""
+  b = _vae_encoders(tally, model, shapes)
+  mods = tuple(model.modalities)
+  terms = 1 + (len(mods) if model.unimodal_terms and len(mods) > 1 else 0) + model.num_random_subsets
+  for _ in range(terms):
+    for m in mods:
+      _modality_decoder(tally, model, m, shapes[m], b, model.latent_dim)
+  _latent_probe(tally, model, b)
+
+
+@register("mmvae")
+def _mmvae(model, shapes, tally: Tally) -> None:
+  """MMVAE (Shi et al., 2019, sec. 3): the stratified estimator decodes the ``K = num_samples`` samples of
+  every expert to every modality (self- and cross-reconstructions), ``M x M`` decoder calls on ``K B``."""
+  b = _vae_encoders(tally, model, shapes)
+  mods = tuple(model.modalities)
+  for _ in mods:
+    for m in mods:
+      _modality_decoder(tally, model, m, shapes[m], model.num_samples * b, model.latent_dim)
+  metric = Tally()  # the reconstruction at the mixture's mean feeds only recon_error: forward, no gradient
+  for m in mods:
+    _modality_decoder(metric, model, m, shapes[m], b, model.latent_dim)
+  tally.forward += metric.forward
+  _latent_probe(tally, model, b)

@@ -22,6 +22,24 @@ def _x(*shape, dtype=jnp.float32):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
+# The vision-language and generative models' batches and shared fields (used at the end of CASES).
+VL_VOCAB = 52  # Vocabulary.digits_vl()
+CAPTIONS = {"image": _x(B, 8, 8), "caption_tokens": _x(B, 8, dtype=jnp.int32),
+            "caption_tokens_mask": _x(B, 8, dtype=jnp.bool_), "label": _x(B, dtype=jnp.int32)}
+QUESTIONS = {"image": _x(B, 8, 8), "question_tokens": _x(B, 7, dtype=jnp.int32),
+             "question_tokens_mask": _x(B, 7, dtype=jnp.bool_),
+             "label": _x(B, dtype=jnp.int32)}  # the configs' "answer", as the classification task's label
+VISUALBERT = {"vocab_size": VL_VOCAB, "cls_id": 1, "sep_id": 2, "mask_id": 3, "patch_size": 4, "width": 64,
+              "num_layers": 2, "num_heads": 4, "mlp_dim": 128, "max_positions": 32}
+VILBERT = {"vocab_size": VL_VOCAB, "cls_id": 1, "sep_id": 2, "mask_id": 3, "patch_size": 2, "width": 64,
+           "num_heads": 4, "intermediate_size": 128, "num_text_layers": 1, "num_image_layers": 1,
+           "num_fusion_layers": 2, "max_text_length": 16}
+DIGITS_AV = {"image": _x(B, 8, 8), "audio": _x(B, 80, 40), "audio_mask": _x(B, 80, dtype=jnp.bool_),
+             "text": _x(B, 20, dtype=jnp.int32), "text_mask": _x(B, 20, dtype=jnp.bool_),
+             "label": _x(B, dtype=jnp.int32)}
+GENERATIVE = {"modalities": ("image", "audio", "text"), "num_classes": 10, "vocab_size": 82, "width": 64}
+
+
 # name -> (model kwargs, batch, task, band of analytic / XLA). Widths 40-128: large enough that matmuls
 # dominate, small enough to trace in a few seconds. Why the bands sit where they do: mmjax/flops.py.
 CASES = {
@@ -49,6 +67,29 @@ CASES = {
               "patch_size": 4, "text_width": 64, "text_layers": 1, "text_heads": 2, "embed_dim": 32},
              {"image": _x(B, 16, 16, 3), "caption_tokens": _x(B, 12, dtype=jnp.int32)}, "contrastive",
              (0.9, 1.0)),
+    # -- vision-language and generative models. A key "model/variant" builds the model named before the "/".
+    # Batches shaped as the digits_av configs make them: 8x8 images, captions padded to 8 tokens, questions
+    # to 7, speech [80, 40] frames and 20-token texts, each sequence with its validity mask. The BERT-based
+    # models sit near 0.89, lower than the fusion baselines: at width 64 their post-LN blocks' LayerNorms
+    # and exact (erf) GELUs weigh more in XLA's count (with ReLU VisualBERT's ratio is 0.93).
+    "visualbert": ({**VISUALBERT, "head": "pretrain", "negative_key": "label"}, CAPTIONS, "pretraining",
+                   (0.84, 0.94)),
+    "visualbert/qa": ({**VISUALBERT, "head": "qa", "text_key": "question_tokens", "num_answers": 12},
+                      QUESTIONS, "classification", (0.84, 0.94)),
+    "vilbert": ({**VILBERT, "fusion": "coattention", "head": "pretrain", "itm_match_key": "label"},
+                CAPTIONS, "pretraining", (0.85, 0.95)),
+    # With the QA head and LXMERT's text-only pooler the image stream's tail (the last fusion layer's image
+    # side) is dead code: it is in the traced step's forward, and counted there, but the lowered module has
+    # dropped it, so the ratio is 0.99 (0.90 without the tail).
+    "vilbert/lxmert_qa": ({**VILBERT, "fusion": "lxmert", "head": "qa", "text_key": "question_tokens",
+                           "num_answers": 12}, QUESTIONS, "classification", (0.94, 1.04)),
+    "mfm": ({**GENERATIVE, "factor_dim": 32}, DIGITS_AV, "vae", (0.9, 1.0)),
+    # One random-subset ELBO term (the digits config has none) and two importance samples (it has one), so
+    # the counts of those passes are checked.
+    "mvae": ({**GENERATIVE, "latent_dim": 32, "balance_likelihoods": True, "num_random_subsets": 1},
+             DIGITS_AV, "vae", (0.91, 1.01)),
+    "mmvae": ({**GENERATIVE, "latent_dim": 32, "balance_likelihoods": True, "num_samples": 2}, DIGITS_AV,
+              "vae", (0.91, 1.01)),
 }
 
 
@@ -84,12 +125,13 @@ def jaxpr_matmul_flops(jaxpr) -> float:
   return total
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_analytic_flops_match_the_jaxpr_and_sit_in_the_band_of_xla(name):
+@pytest.mark.parametrize("case", list(CASES))
+def test_analytic_flops_match_the_jaxpr_and_sit_in_the_band_of_xla(case):
   """The analytic count equals the matmul FLOPs of the engine's train step (AdamW) traced for the batch,
   and its ratio to XLA's cost analysis (of the lowered step: what the loop prints, from the compiled step,
   differs by a few percent; compiling MulT would take 25 s) lies in the model's band."""
-  kwargs, batch, task, (low, high) = CASES[name]
+  kwargs, batch, task, (low, high) = CASES[case]
+  name = case.split("/")[0]
   model = models.build(name, kwargs)
   optimizer = make_optimizer(default_config().optimizer, 10)
   state = jax.eval_shape(lambda b: nn.unbox(init_state(model, optimizer, b, 0)), batch)
@@ -103,6 +145,12 @@ def test_analytic_flops_match_the_jaxpr_and_sit_in_the_band_of_xla(name):
 
 
 def test_models_without_a_counter_say_so():
-  assert flops.train_step_flops("mvae", None, {}) is None
+  assert flops.train_step_flops("no_such_model", None, {}) is None
   assert flops.describe(None, 1e9).startswith("analytic FLOPs: not available")
-  assert set(CASES) <= set(flops.names())
+  assert {case.split("/")[0] for case in CASES} <= set(flops.names())
+
+
+def test_every_model_has_a_counter_except():
+  # The models whose counters are still to come; the set shrinks as their counters land.
+  missing = {"tfn", "lmf", "mbt", "mag", "mctn"}
+  assert set(models.names()) - set(flops.names()) == missing
