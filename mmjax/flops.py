@@ -11,9 +11,10 @@ forward; micro-batching (``grad_accum_steps``) does not change it.
 
 What is deliberately not counted: element-wise work (LayerNorm, softmax, GELU/ReLU, residual adds, masks,
 dropout and its random bits, the loss) and the optimizer update (about 10 FLOPs per parameter for Adam),
-which XLA's cost analysis includes. At widths 40-128 they are 2-8% of XLA's count (``tests/test_flops.py``:
-analytic / XLA = 0.94-0.98 of the lowered step, 0.92-0.97 of the compiled one, for the fusion baselines,
-GPT-2 and Frozen); at width 16 (the ``runlocal`` configs) about 30% (ratio 0.69). Attention
+which XLA's cost analysis includes. At widths 40-128 they are 2-9% of XLA's count (``tests/test_flops.py``:
+analytic / XLA = 0.89-0.98 of the lowered step, 0.85-0.97 of the compiled one, for late and early fusion,
+MBT, MAG, VisualBERT, ViLBERT, MFM, the VAEs, CLIP, GPT-2 and Frozen; the post-LN BERTs, with exact GELUs
+and MAG's gate norms, lowest); at width 16 (the ``runlocal`` configs) about 30% (ratio 0.69). Attention
 with a causal mask is counted whole, because the dense kernels (``xla``, ``jax``) compute the whole score
 matrix; a kernel that skips masked blocks does about half that work. Embedding lookups are gathers, not
 matmuls (their backward, a scatter-add, is not counted either); GPT-2's tied output projection
@@ -28,6 +29,9 @@ stack and one of the three memory layers: for MulT the analytic count is about 2
 grows with ``num_layers`` (at the original unaligned-MOSEI shapes, 5 layers: 118.5 GFLOP analytic,
 32.1 reported by XLA; benchmarks/README.md).
 Counting the scanned stacks once, the analytic count is 0.82-0.87x XLA's, like the other models. The
+LSTMs of TFN, LMF (their subnetworks) and MCTN (encoders, decoders, head) are ``lax.scan`` loops too, over
+the time steps: at the digits_av shapes (80 audio frames) the analytic count is 1.7x (TFN), 2.9x (LMF) and
+1.9x (MCTN) XLA's, 0.82, 0.96 and 0.99x with each scan body counted once. The
 matmul terms themselves are checked exactly against the ``dot_general`` / convolution equations of the
 train step's jaxpr, scan lengths multiplied (``tests/test_flops.py``).
 
@@ -188,6 +192,146 @@ def _mult(model, shapes, tally: Tally) -> None:
   tally.dense(b, dim, dim)  # proj1
   tally.dense(b, dim, dim)  # proj2
   tally.dense(b, dim, model.output_dim)
+
+
+# -- fusion baselines: TFN, LMF, MBT, MAG, MCTN -----------------------------------------------------------
+
+def _lstm(tally: Tally, b: int, t: int, n_in: int, hidden: int, **kw) -> None:
+  """One LSTM direction over ``t`` steps (:mod:`mmjax.models.tfn`, :mod:`mmjax.models.mctn`)."""
+  tally.dense(b * t, n_in, 4 * hidden, **kw)  # input projection of every step, before the scan
+  tally.add(t * 2.0 * b * hidden * 4 * hidden)  # recurrent h @ W_hh, once per step of the scan
+
+
+def _fusion_subnets(tally: Tally, model, shapes) -> tuple[int, list[int]]:
+  """The modality subnetworks of TFN and LMF (:class:`mmjax.models.tfn.SubNet`): ``(B, [D_m])``."""
+  fields = (model.modalities, model.subnets, model.hidden_dims, model.out_dims)
+  for m, kind, hidden, out in zip(*fields, strict=True):
+    x = shapes[m]
+    b, tokens = x.shape[0], _is_tokens(x)
+    features = model.embed_dim if tokens else x.shape[-1]  # after the lookup of token ids
+    if kind == "lstm":
+      _lstm(tally, b, x.shape[1], features, hidden, reads_batch=not tokens)
+      tally.dense(b, hidden, out)  # out
+      continue
+    if kind == "flat":  # images, flattened
+      features = math.prod(x.shape[1:])
+    # linear_1 reads the batch itself (no input gradient) unless a LayerNorm or an embedding comes first
+    tally.dense(b, features, hidden, reads_batch=model.input_norm == "none" and not tokens)
+    tally.dense(b, hidden, hidden)  # linear_2
+    tally.dense(b, hidden, out)  # linear_3
+  return b, list(model.out_dims)
+
+
+@register("tfn")
+def _tfn(model, shapes, tally: Tally) -> None:
+  """Tensor Fusion Network (Zadeh et al., 2017): subnetworks, the outer product, the post-fusion MLP."""
+  b, dims = _fusion_subnets(tally, model, shapes)
+  size = dims[0] + 1
+  for d in dims[1:]:  # the outer product, an einsum "bi,bj->bij": a dot_general with nothing contracted
+    size *= d + 1
+    tally.add(2.0 * b * size)
+  tally.dense(b, size, model.post_fusion_dim)  # layer_1
+  tally.dense(b, model.post_fusion_dim, model.post_fusion_dim)  # layer_2
+  tally.dense(b, model.post_fusion_dim, model.output_dim)  # layer_3
+
+
+@register("lmf")
+def _lmf(model, shapes, tally: Tally) -> None:
+  """Low-rank Multimodal Fusion (Liu et al., 2018): subnetworks, then the modality-specific factors."""
+  b, dims = _fusion_subnets(tally, model, shapes)
+  r, o = model.rank, model.output_dim
+  for d in dims:
+    tally.add(2.0 * b * r * (d + 1) * o)  # [1; h_m] . f_m for every rank: "bd,rdo->rbo"
+  tally.add(2.0 * r * b * o)  # the rank weights' sum, an einsum "r,rbo->bo"
+
+
+@register("mbt")
+def _mbt(model, shapes, tally: Tally) -> None:
+  """Multimodal Bottleneck Transformer (Nagrani et al., 2021): per-modality streams, fused from
+  ``fusion_layer`` on through bottleneck tokens or full attention."""
+  mods, d, token = tuple(model.modalities), model.width, model.classifier == "token"
+  lengths = []
+  for m in mods:
+    b, t = _sequence_embed(tally, shapes[m], d)
+    lengths.append(t + token)  # the CLS token
+  fused = len(mods) > 1 and not (model.fusion == "bottleneck" and model.num_bottlenecks == 0)
+  for i in range(model.num_layers):
+    if i < model.fusion_layer or not fused:  # separate streams
+      seqs = lengths
+    elif model.fusion == "bottleneck":  # each stream with the bottleneck tokens appended
+      seqs = [t + model.num_bottlenecks for t in lengths]
+    else:  # every modality's layer (or the one shared layer) over all tokens
+      seqs = [sum(lengths)] * (1 if model.share_weights else len(mods))
+    for t in seqs:
+      _encoder(tally, b, t, d, 1, model.mlp_ratio)
+  tally.dense(b * (len(mods) if token else 1), d, model.num_classes)  # the classifier, per CLS or pooled
+
+
+@register("mag")
+def _mag(model, shapes, tally: Tally) -> None:
+  """MAG-BERT / MAG-GPT-2 (Rahman et al., 2020): the text transformer with the multimodal adaptation gate."""
+  text_key, acoustic_key, visual_key = model.modalities
+  b, t = shapes[text_key].shape[:2]
+  bert = model.text_model == "bert"
+  cfg = model.bert if bert else model.lm
+  d, mlp, layers = ((cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) if bert
+                    else (cfg.n_embd, cfg.mlp_width, cfg.n_layer))
+  features = {}
+  for m in (acoustic_key, visual_key):
+    x = shapes[m]
+    steps, f = (1, math.prod(x.shape[1:])) if m in model.static_modalities else x.shape[1:3]
+    if steps != t:  # the uniform alignment, an einsum "bts,bsf->btf" of the batch (no gradient at all)
+      tally.forward += 2.0 * b * t * steps * f
+    features[m] = f
+  if not _is_tokens(shapes[text_key]):
+    tally.dense(b * t, shapes[text_key].shape[-1], d, reads_batch=True)  # text_proj of word features
+  for m in (visual_key, acoustic_key):
+    tally.dense(b * t, features[m] + d, d)  # the gate W_hv / W_ha on [V; Z] / [A; Z]
+    tally.dense(b * t, features[m], d, reads_batch=True)  # W_v / W_a
+  for _ in range(layers):
+    tally.dense(b * t, d, 3 * d)  # query, key, value (c_attn)
+    tally.attention(b, t, t, d)  # causal for GPT-2, counted whole
+    tally.dense(b * t, d, d)  # attention output
+    tally.dense(b * t, d, mlp)
+    tally.dense(b * t, mlp, d)
+  if model.pool == "cls" or (model.pool == "auto" and bert and cfg.add_pooling_layer):
+    tally.dense(b, d, d)  # BERT's pooler
+  tally.dense(b, d, model.output_dim)  # classifier
+
+
+@register("mctn")
+def _mctn(model, shapes, tally: Tally) -> None:
+  """Multimodal Cyclic Translation Network (Pham et al., 2019): Seq2Seq translations source -> T1 -> source
+  (one encoder-decoder both ways), joint -> T2, and the LSTM prediction head."""
+  h, src, t1 = model.hidden_dim, model.source, model.targets[0]
+  b, ts = shapes[src].shape[:2]
+  width = {m: model.vocab_size if _is_tokens(shapes[m]) else shapes[m].shape[-1] for m in model.modalities}
+  steps = {m: shapes[m].shape[1] for m in model.modalities}
+
+  def encoder(t):  # BiEncoder: forward and backward LSTMs per layer
+    for _ in range(2 * model.encoder_layers):
+      _lstm(tally, b, t, h, h)
+
+  def decoder(s, t, m):  # AttentionDecoder over a memory of s steps for t steps, then m's readout
+    tally.dense(b * s, h, 5 * h)  # keys, input (the LSTM's input map of the memory)
+    tally.add(t * 2.0 * b * h * 5 * h)  # query and recurrent maps of h, one matmul per step
+    tally.add(t * 2.0 * b * s * 5 * h)  # per step: scores v . tanh(.) ("bsa,a->bs"), context "bs,bsg->bg"
+    tally.dense(b * t, h, width[m])  # readout of m
+
+  # the source's input map (one-hot ids or features) reads the batch
+  tally.dense(b * ts, width[src], h, reads_batch=True)
+  encoder(ts)
+  decoder(ts, steps[t1], t1)  # source -> T1
+  tally.dense(b * steps[t1], width[t1], h)  # T1's input map, on the translation (or its softmax)
+  encoder(steps[t1])
+  decoder(steps[t1], ts, src)  # T1^ -> source, the cycle
+  if len(model.targets) > 1:
+    encoder(ts)  # encoder2 on the joint representation
+    decoder(ts, steps[model.targets[1]], model.targets[1])  # decoder2: joint -> T2
+  _lstm(tally, b, ts, h, model.head_dim)  # head: LSTM over the joint representation
+  tally.dense(b * ts, model.head_dim, 1)  # attention scores
+  tally.add(2.0 * b * ts * model.head_dim)  # attention pooling, an einsum "bt,btd->bd"
+  tally.dense(b, model.head_dim, model.num_classes)  # output
 
 
 # -- GPT-2 and the models built on it ---------------------------------------------------------------------
