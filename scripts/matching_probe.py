@@ -10,8 +10,11 @@ learn it here cannot learn it on the real digits either.
     python scripts/matching_probe.py --out results/probes/matching.json
 
 writes the training matching loss and accuracy every ``--every`` steps for each probed setting (the
-settings are in ``SETTINGS``; ``--only NAME`` runs one). Accuracy is over one fresh batch of 64, so a model
-that always answers "match" scores the batch's share of matched pairs (about 55 %).
+settings are in ``SETTINGS``; ``--only NAME`` runs one). ``results/probes/matching.json`` holds the six
+settings with the papers' 5-d region boxes, ``results/probes/matching_region_index.json`` the three
+``*_index_*`` ones (``--only`` each, ``--seeds 0,1,2``). Run it with the checkout first on the path
+(``PYTHONPATH=.``), or Python imports whichever ``mmjax`` is installed. Accuracy is over one fresh batch
+of 64, so a model that always answers "match" scores the batch's share of matched pairs (about 55 %).
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ SETTINGS = {
     "vilbert_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "coattention", "init_std": 0.125}, 3000),
     "lxmert_init0.02": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.02}, 3000),
     "lxmert_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.125}, 3000),
+    # a learned embedding per region (VisualBERT's kind of visual position) instead of the 5-d box: the
+    # digit here is only the square's place, and the box's linear code is what the streams fail on
+    "vilbert_index_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "coattention", "init_std": 0.125,
+                                            "region_location": "index"}, 3000),
+    "lxmert_index_init0.02": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.02,
+                                          "region_location": "index"}, 3000),
+    "lxmert_index_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.125,
+                                           "region_location": "index"}, 3000),
 }
 
 

@@ -195,7 +195,8 @@ def test_pretraining_losses_fall_on_a_tiny_batch(fusion):
 def test_bad_fields_are_clear_errors():
   batch = make_batch()
   for kw, message in (({"fusion": "bottleneck"}, "fusion"), ({"head": "vqa"}, "head"),
-                      ({"mask_id": VOCAB}, "mask_id"), ({"itm_match_key": "digit"}, "itm_match_key")):
+                      ({"mask_id": VOCAB}, "mask_id"), ({"itm_match_key": "digit"}, "itm_match_key"),
+                      ({"region_location": "grid"}, "region_location")):
     with pytest.raises(ValueError, match=message):
       tiny(**kw).init(jax.random.PRNGKey(0), batch, train=False)
 
@@ -210,6 +211,26 @@ def test_init_std_sets_the_normal_initialisation_of_every_bert_style_weight():
                    params["backbone"]["fusion_0"]["text_co_ffn"]["intermediate"]["kernel"],
                    params["itm"]["kernel"]):
       assert abs(float(np.std(kernel)) / std - 1) < 0.25, (std, float(np.std(kernel)))
+
+
+@pytest.mark.parametrize("fusion", ["coattention", "lxmert"])
+def test_region_location_box_or_a_learned_embedding_per_region(fusion):
+  """``"box"`` maps the 5-d boxes linearly; ``"index"`` gives each of the ``1 + R`` image tokens its own
+  learned location vector: an all-black image's tokens then embed to the LayerNorm of their row of W_l."""
+  batch = {**make_batch(), "image": np.zeros((B, 8, 8), np.float32)}
+  for where, rows in (("box", 5), ("index", 17)):
+    model = tiny(fusion=fusion, head="qa", region_location=where)
+    params = nn.unbox(init_params(model, batch))
+    proj = params["backbone"]["image_embeddings"]["location_proj"]
+    assert proj["kernel"].shape == (rows, 16)
+  _, state = model.apply({"params": params}, batch, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  embedded = state["intermediates"]["backbone"]["image_embeddings"]["__call__"][0]
+  loc = np.asarray(proj["kernel"] + proj["bias"])
+  normed = (loc - loc.mean(-1, keepdims=True)) / loc.std(-1, keepdims=True)
+  if fusion == "lxmert":  # (LN(W_f 0 + b_f) + LN(W_l loc)) / 2, and b_f = 0 at init
+    normed = normed / 2
+  np.testing.assert_allclose(embedded[0], normed, atol=1e-4)
 
 
 def test_matching_probe_data_and_output(tmp_path):

@@ -22,6 +22,9 @@ checked against a stored copy):
    Each region has a 5-d location ``(x1/W, y1/H, x2/W, y2/H, area/(WH))`` as in ViLBERT's spatial encoding.
    A first ``<IMG>`` token holds the mean of the region features with the whole image's location (ViLBERT's
    special image token: the mean-pooled region features with a box covering the whole image).
+   With ``region_location="index"`` (not in the papers) ``loc`` is instead the one-hot index of the token
+   (``<IMG>`` = 0, then the regions), so ``W_l loc`` is a learned embedding per region, as VisualBERT's
+   visual position embeddings.
    ViLBERT: ``v = LN(W_f f + W_l loc)``; LXMERT (sec. 2.1, "object-level image embeddings"):
    ``v = (LN(W_f f) + LN(W_l loc)) / 2``; then dropout. ``[B, 1 + R, D]``.
 3. ``num_text_layers`` BERT layers on the text (:class:`mmjax.models.bert.BertLayer`, post-LN, GELU) and
@@ -110,6 +113,7 @@ from mmjax.models.registry import register
 FUSIONS = ("coattention", "lxmert")
 HEADS = ("pretrain", "qa")
 POOLS = ("mul", "text")
+REGION_LOCATIONS = ("box", "index")
 REGION_LOSSES = ("smooth_l1", "l2")
 PAPER_POOL = {"coattention": "mul", "lxmert": "text"}
 
@@ -343,6 +347,7 @@ class ViLBERT(nn.Module):
   num_fusion_layers: int = 6  # co-attention / cross-modality layers (LXMERT: 5)
   max_text_length: int = 64  # learned text positions, [CLS] and [SEP] included
   pool: str = ""  # "" = the paper's ("mul" for coattention, "text" for lxmert), or "mul" / "text"
+  region_location: str = "box"  # the papers' 5-d box, or "index": a learned embedding per region
   dropout: float = 0.1
   attention_dropout: float = 0.1
   num_answers: int = 3129  # qa: answer vocabulary (VQA v2's in ViLBERT and LXMERT)
@@ -362,7 +367,8 @@ class ViLBERT(nn.Module):
   def _check(self):
     for field, value, allowed in (("fusion", self.fusion, FUSIONS), ("head", self.head, HEADS),
                                   ("region_loss", self.region_loss, REGION_LOSSES),
-                                  ("pool", self.pool, ("", *POOLS))):
+                                  ("pool", self.pool, ("", *POOLS)),
+                                  ("region_location", self.region_location, REGION_LOCATIONS)):
       if value not in allowed:
         raise ValueError(f"vilbert: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
     if self.vocab_size <= 0:
@@ -404,6 +410,8 @@ class ViLBERT(nn.Module):
                        f"model.kwargs.max_text_length = {self.max_text_length}; raise it")
     ids, valid, is_word = add_cls_sep(tokens, batch.get(f"{self.text_key}_mask"), self.cls_id, self.sep_id)
     locations = region_locations(images.shape[1], images.shape[2], self.patch_size)
+    if self.region_location == "index":  # one-hot token index: W_l is a learned embedding per region
+      locations = np.eye(len(locations), dtype=np.float32)
     cfg = self.config
     backbone = Backbone(cfg, self.fusion, self.co_attention, self.num_text_layers, self.num_image_layers,
                         self.num_fusion_layers, self.pool or PAPER_POOL[self.fusion], self.attention,
