@@ -470,7 +470,8 @@ def _vilbert(model, shapes, tally: Tally) -> None:
   tail = Tally()
   image = tail if text_only and not (model.co_attention and n) else tally
   image.dense(b * v, features, d, reads_batch=True)  # feature_proj of <IMG> (the regions' mean) and regions
-  image.dense(v, 5, d, reads_batch=True)  # location_proj of the constant boxes: no input gradient
+  # location_proj of the constant boxes (5-d) or one-hot region indices (``region_location="index"``)
+  image.dense(v, 5 if model.region_location == "box" else v, d, reads_batch=True)
   for _ in range(model.num_text_layers):
     _bert_layer(tally, b, t, d, hidden)
   for _ in range(model.num_image_layers):

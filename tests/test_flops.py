@@ -105,9 +105,10 @@ CASES = {
                 CAPTIONS, "pretraining", (0.85, 0.95)),
     # With the QA head and LXMERT's text-only pooler the image stream's tail (the last fusion layer's image
     # side) is dead code: it is in the traced step's forward, and counted there, but the lowered module has
-    # dropped it, so the ratio is 0.99 (0.90 without the tail).
+    # dropped it, so the ratio is 0.99 (0.90 without the tail). Learned region locations (not the boxes).
     "vilbert/lxmert_qa": ({**VILBERT, "fusion": "lxmert", "head": "qa", "text_key": "question_tokens",
-                           "num_answers": 12}, QUESTIONS, "classification", (0.94, 1.04)),
+                           "num_answers": 12, "region_location": "index"},
+                          QUESTIONS, "classification", (0.94, 1.04)),
     "mfm": ({**GENERATIVE, "factor_dim": 32}, DIGITS_AV, "vae", (0.9, 1.0)),
     # One random-subset ELBO term (the digits config has none) and two importance samples (it has one), so
     # the counts of those passes are checked.
