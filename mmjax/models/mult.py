@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from mmjax.errors import InputError
 from mmjax.layers import axes
 from mmjax.layers.attention import causal_mask, dot_product_attention
+from mmjax.layers.dropout import Dropout
 from mmjax.layers.embeddings import sinusoidal_positions
 from mmjax.layers.inputs import check_modalities, shape_str
 from mmjax.layers.remat import remat
@@ -159,7 +160,7 @@ class MulTLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, kv, mask):
-    drop = lambda rate, t: nn.Dropout(rate)(t, deterministic=self.deterministic)
+    drop = lambda rate, t: Dropout(rate)(t, deterministic=self.deterministic)
     x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)
     ln0 = _layer_norm(self.dtype, "ln0")
     h = ln0(x)
@@ -207,7 +208,7 @@ class MulTEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, x_kv=None, *, x_mask=None, kv_mask=None, train: bool):
-    drop = lambda t: nn.Dropout(self.embed_dropout)(t, deterministic=not train)
+    drop = lambda t: Dropout(self.embed_dropout)(t, deterministic=not train)
     h = drop(self._embed(x, x_mask))
     kv = None
     if x_kv is not None:
@@ -307,7 +308,7 @@ class MulT(nn.Module):
         valid = jnp.asarray(valid, bool)
         x = jnp.where(valid[..., None], x, 0)
       if letter == "l":
-        x = nn.Dropout(self.embed_dropout)(x, deterministic=not train)
+        x = Dropout(self.embed_dropout)(x, deterministic=not train)
       h = axes.conv(self.width, (k,), axes=("features", "embed"), padding="VALID", use_bias=False,
                     dtype=self.dtype, name=f"proj_{letter}")(x)  # [B, T - k + 1, d]
       if valid is not None:
@@ -334,7 +335,7 @@ class MulT(nn.Module):
     last_hs = jnp.concatenate(lasts, axis=-1)  # [B, n_targets * 2d]
     dim = last_hs.shape[-1]
     h = nn.relu(axes.dense(dim, ("embed", "mlp"), dtype=self.dtype, name="proj1")(last_hs))
-    h = nn.Dropout(self.out_dropout)(h, deterministic=not train)
+    h = Dropout(self.out_dropout)(h, deterministic=not train)
     h = axes.dense(dim, ("mlp", "embed"), dtype=self.dtype, name="proj2")(h)
     out = axes.dense(self.output_dim, ("embed", "features"), dtype=self.dtype, name="out_layer")(h + last_hs)
     return out.astype(jnp.float32), {"last_hs": last_hs.astype(jnp.float32)}
