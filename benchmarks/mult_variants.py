@@ -1,10 +1,11 @@
 """A/B of MulT train-step variants compiled side by side and timed interleaved (CPU time per step).
 
 ``python benchmarks/mult_variants.py VARIANTS ROUNDS [config overrides without --config.]``, run from the
-repository root. ``VARIANTS``: comma-separated ``masks[:remat[:attention]]``; ``masks`` is ``base`` (dropout
-masks from ``jax.random.bernoulli`` and ``flax.linen.Dropout``, as before ``mmjax.layers.dropout``) or
-``new`` (``mmjax.layers.dropout``: 8/16-bit fields); ``remat`` a ``config.remat`` value (default none);
-``attention`` the kernel (default: the config's). Each variant is compiled, runs one untimed step, then
+repository root. ``VARIANTS``: comma-separated ``masks[:remat[:attention[:chunk]]]``; ``masks`` is
+``base`` (dropout masks from ``jax.random.bernoulli`` and ``flax.linen.Dropout``, as before
+``mmjax.layers.dropout``) or ``new`` (``mmjax.layers.dropout``: 8/16-bit fields); ``remat`` a
+``config.remat`` value (default none); ``attention`` the kernel (default: the config's); ``chunk`` the key
+block of ``chunked`` (default ``CHUNK_SIZE``). Each variant is compiled, runs one untimed step, then
 ``ROUNDS`` rounds time one step of each variant in turn on one fixed synthetic batch (as ``mmjax bench
 prng``). Results: ``benchmarks/results/mult_variants-<device>-<date>.json``.
 """
@@ -47,11 +48,13 @@ def main():
   overrides = sys.argv[3:]
   config = get_config("configs/mult_mosei.py:unaligned", overrides)
   steps, states, comp = {}, {}, {}
+  default_chunk = A.CHUNK_SIZE
   batch = None
   with tempfile.TemporaryDirectory() as wd:
     for i, v in enumerate(variants):
-      kind, rm, att = (v.split(":") + ["", ""])[:3]
+      kind, rm, att, chunk = (v.split(":") + ["", "", ""])[:4]
       use_masks(kind)
+      A.CHUNK_SIZE = int(chunk) if chunk else default_chunk
       cfg = config.copy_and_resolve_references()
       cfg.remat = rm or "none"
       if att:
