@@ -343,3 +343,18 @@ def test_loss_decreases_and_gradients_are_finite():
       assert all(np.isfinite(g).all() for g in leaves)
       assert all(np.abs(g).sum() > 0 for g in leaves)
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def test_chunked_attention_with_a_small_key_block_matches_xla():
+  """``chunk_size`` reaches the "chunked" kernel (several key blocks here) and gives the dense result."""
+  batch = fake_batch((6, 9, 7))
+  ref = tiny(target_modalities=("audio",))
+  params = ref.init(jax.random.PRNGKey(0), batch, train=False)["params"]
+  out_ref, _ = ref.apply({"params": params}, batch, train=False)
+  chunked = tiny(target_modalities=("audio",), attention="chunked", chunk_size=4)
+  out, _ = chunked.apply({"params": params}, batch, train=False)
+  np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
+  rngs = {"dropout": jax.random.PRNGKey(1)}
+  a, _ = chunked.apply({"params": params}, batch, train=True, rngs=rngs)
+  b, _ = chunked.apply({"params": params}, batch, train=True, rngs=rngs)
+  np.testing.assert_array_equal(a, b)

@@ -32,6 +32,7 @@ import numpy as np
 
 from mmjax.errors import InputError, UserError
 from mmjax.layers import axes
+from mmjax.layers.dropout import dropout_keep
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas", "chunked", "auto")
 KERNELS = IMPLEMENTATIONS[:-1]
@@ -132,7 +133,7 @@ def _xla_attention(query, key, value, mask, scale, dropout_rate, dropout_rng):
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    keep = dropout_keep(dropout_rng, dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(value.dtype), value)
   return out.reshape(b, lq, h, d)
@@ -174,9 +175,10 @@ def _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb):
 
 
 def chunked_dropout_keep(rng, rate, shape, block, j):
-  """Keep mask ``[B, K, G, Lq, bk]`` of key block ``j``: the same draw in the forward and backward pass."""
+  """Keep mask ``[B, K, G, Lq, bk]`` of key block ``j``: the same draw in the forward and backward pass
+  (:func:`mmjax.layers.dropout.dropout_keep` of ``fold_in(rng, j)``: the rate quantised to 8 or 16 bits)."""
   del block
-  return jax.random.bernoulli(jax.random.fold_in(rng, j), 1.0 - rate, shape)
+  return dropout_keep(jax.random.fold_in(rng, j), rate, shape)
 
 
 def _block_allowed(j, bk, lq, klen, mask_j, causal):

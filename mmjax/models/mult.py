@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from mmjax.errors import InputError
 from mmjax.layers import axes
 from mmjax.layers.attention import causal_mask, dot_product_attention
+from mmjax.layers.dropout import Dropout
 from mmjax.layers.embeddings import sinusoidal_positions
 from mmjax.layers.inputs import check_modalities, shape_str
 from mmjax.layers.remat import remat
@@ -121,6 +122,7 @@ class MulTAttention(nn.Module):
   dropout: float = 0.0
   attention: str = "xla"
   dtype: Any = jnp.float32
+  chunk_size: int = 0  # key block of the "chunked" kernel; 0: its default (attention.CHUNK_SIZE)
 
   @nn.compact
   def __call__(self, x_q, x_k, x_v, *, mask, train: bool):
@@ -137,6 +139,7 @@ class MulTAttention(nn.Module):
     out = dot_product_attention(
         q, k, v, mask=mask, scale=hd ** -0.5, dropout_rate=rate,
         dropout_rng=self.make_rng("dropout") if rate > 0 else None, implementation=self.attention,
+        chunk_size=self.chunk_size or None,
     )
     out = out.reshape(*out.shape[:2], w)
     return axes.dense(w, ("heads", "embed"), dtype=self.dtype, name="out_proj")(out)
@@ -156,10 +159,11 @@ class MulTLayer(nn.Module):
   deterministic: bool = True  # not train
   attention: str = "xla"
   dtype: Any = jnp.float32
+  chunk_size: int = 0
 
   @nn.compact
   def __call__(self, x, kv, mask):
-    drop = lambda rate, t: nn.Dropout(rate)(t, deterministic=self.deterministic)
+    drop = lambda rate, t: Dropout(rate)(t, deterministic=self.deterministic)
     x = axes.constrain(x, axes.BATCH_LENGTH_EMBED)
     ln0 = _layer_norm(self.dtype, "ln0")
     h = ln0(x)
@@ -168,7 +172,8 @@ class MulTLayer(nn.Module):
     else:  # the original normalises the key and the value streams with the queries' LN0
       k = ln0(kv[0])
       v = k if kv[1] is None else ln0(kv[1])
-    h = MulTAttention(self.num_heads, self.attn_dropout, self.attention, self.dtype, name="self_attn")(
+    h = MulTAttention(self.num_heads, self.attn_dropout, self.attention, self.dtype, self.chunk_size,
+                      name="self_attn")(
         h, k, v, mask=mask, train=not self.deterministic)
     x = x + drop(self.res_dropout, h)
     h = _layer_norm(self.dtype, "ln1")(x)
@@ -197,6 +202,7 @@ class MulTEncoder(nn.Module):
   attention: str = "xla"
   dtype: Any = jnp.float32
   remat: str = "none"  # or "full", or a jax.checkpoint_policies name (mmjax.layers.remat.MODES)
+  chunk_size: int = 0
 
   def _embed(self, x, valid):
     w = x.shape[-1]
@@ -207,7 +213,7 @@ class MulTEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, x_kv=None, *, x_mask=None, kv_mask=None, train: bool):
-    drop = lambda t: nn.Dropout(self.embed_dropout)(t, deterministic=not train)
+    drop = lambda t: Dropout(self.embed_dropout)(t, deterministic=not train)
     h = drop(self._embed(x, x_mask))
     kv = None
     if x_kv is not None:
@@ -222,7 +228,7 @@ class MulTEncoder(nn.Module):
         in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(self.num_heads, self.attn_dropout, self.relu_dropout, self.res_dropout, not train, self.attention,
-      self.dtype, name="layers")
+      self.dtype, self.chunk_size, name="layers")
     h, _ = layers(h, kv, mask)
     return _layer_norm(self.dtype, "layer_norm")(h)
 
@@ -267,6 +273,7 @@ class MulT(nn.Module):
   attention: str = "xla"  # attention kernel, see mmjax.layers.attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
   remat: str = "none"  # rematerialise each crossmodal / memory layer (config.remat; mmjax.layers.remat)
+  chunk_size: int = 0  # key block of attention="chunked" (0: attention.CHUNK_SIZE); 32: fastest on CPU
 
   def target_letters(self) -> tuple[str, ...]:
     """The targets as letters ``l``/``a``/``v`` in the original's order."""
@@ -307,7 +314,7 @@ class MulT(nn.Module):
         valid = jnp.asarray(valid, bool)
         x = jnp.where(valid[..., None], x, 0)
       if letter == "l":
-        x = nn.Dropout(self.embed_dropout)(x, deterministic=not train)
+        x = Dropout(self.embed_dropout)(x, deterministic=not train)
       h = axes.conv(self.width, (k,), axes=("features", "embed"), padding="VALID", use_bias=False,
                     dtype=self.dtype, name=f"proj_{letter}")(x)  # [B, T - k + 1, d]
       if valid is not None:
@@ -317,7 +324,8 @@ class MulT(nn.Module):
 
     enc = lambda layers, attn_dropout, name: MulTEncoder(
         layers, self.num_heads, attn_dropout, self.relu_dropout, self.res_dropout, self.embed_dropout,
-        self.attn_mask, self.positional_padding_quirk, self.attention, self.dtype, self.remat, name=name)
+        self.attn_mask, self.positional_padding_quirk, self.attention, self.dtype, self.remat,
+        self.chunk_size, name=name)
     source_dropout = {"l": self.attn_dropout, "a": self.attn_dropout_a, "v": self.attn_dropout_v}
     lasts = []
     for t in self.target_letters():
@@ -334,7 +342,7 @@ class MulT(nn.Module):
     last_hs = jnp.concatenate(lasts, axis=-1)  # [B, n_targets * 2d]
     dim = last_hs.shape[-1]
     h = nn.relu(axes.dense(dim, ("embed", "mlp"), dtype=self.dtype, name="proj1")(last_hs))
-    h = nn.Dropout(self.out_dropout)(h, deterministic=not train)
+    h = Dropout(self.out_dropout)(h, deterministic=not train)
     h = axes.dense(dim, ("mlp", "embed"), dtype=self.dtype, name="proj2")(h)
     out = axes.dense(self.output_dim, ("embed", "features"), dtype=self.dtype, name="out_layer")(h + last_hs)
     return out.astype(jnp.float32), {"last_hs": last_hs.astype(jnp.float32)}

@@ -1,0 +1,104 @@
+"""A/B of MulT train-step variants compiled side by side and timed interleaved (CPU time per step).
+
+``python benchmarks/mult_variants.py VARIANTS ROUNDS [config overrides without --config.]``, run from the
+repository root. ``VARIANTS``: comma-separated ``masks[:remat[:attention[:chunk]]]``; ``masks`` is
+``base`` (dropout masks from ``jax.random.bernoulli`` and ``flax.linen.Dropout``, as before
+``mmjax.layers.dropout``) or ``new`` (``mmjax.layers.dropout``: 8/16-bit fields); ``remat`` a
+``config.remat`` value (default none); ``attention`` the kernel (default: the config's); ``chunk`` the key
+block of ``chunked`` (default ``CHUNK_SIZE``). Each variant is compiled, runs one untimed step, then
+``ROUNDS`` rounds time one step of each variant in turn on one fixed synthetic batch (as ``mmjax bench
+prng``). Results: ``benchmarks/results/mult_variants-<device>-<date>.json``.
+"""
+
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+
+import mmjax.layers.attention as A
+import mmjax.models.mult as MM
+from mmjax.bench import machine as M
+from mmjax.config import get_config
+from mmjax.data import pipeline
+from mmjax.layers import dropout as D
+from mmjax.train.run import build_run, make_global_batch
+from mmjax.train.step import jit_train_step
+
+
+def bernoulli_keep(rng, rate, shape):
+  """The attention dropout masks before mmjax.layers.dropout: one 32-bit draw per element."""
+  return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
+def use_masks(kind):
+  """Point the attention kernels and MulT at the old (``base``) or new (``new``) dropout masks."""
+  if kind not in ("base", "new"):
+    raise SystemExit(f"masks must be base or new, not {kind!r}")
+  A.dropout_keep = bernoulli_keep if kind == "base" else D.dropout_keep
+  MM.Dropout = nn.Dropout if kind == "base" else D.Dropout
+
+
+def main():
+  variants = sys.argv[1].split(",")
+  rounds = int(sys.argv[2])
+  overrides = sys.argv[3:]
+  config = get_config("configs/mult_mosei.py:unaligned", overrides)
+  steps, states, comp = {}, {}, {}
+  default_chunk = A.CHUNK_SIZE
+  batch = None
+  with tempfile.TemporaryDirectory() as wd:
+    for i, v in enumerate(variants):
+      kind, rm, att, chunk = (v.split(":") + ["", "", ""])[:4]
+      use_masks(kind)
+      A.CHUNK_SIZE = int(chunk) if chunk else default_chunk
+      cfg = config.copy_and_resolve_references()
+      cfg.remat = rm or "none"
+      if att:
+        cfg.model.kwargs.attention = att
+      run = build_run(cfg, f"{wd}/{i}")
+      if batch is None:
+        local = pipeline.example_from_features(cfg.data, cfg.batch_size, seed=cfg.seed)
+        batch = jax.block_until_ready(make_global_batch(local, run.batch_sharding))
+      states[v] = run.init()
+      t = time.perf_counter()
+      step = jit_train_step(run.model, run.optimizer, run.task, run.state_shardings, run.batch_sharding,
+                            run.mesh, cfg.optimizer.grad_accum_steps, cfg.prng_impl)
+      lowered = step.lower(states[v], batch)
+      steps[v] = lowered.compile()
+      comp[v] = time.perf_counter() - t
+      words = re.findall(r"rng_bit_generator.*?-> \(tensor<[^>]*>, tensor<([^>]*)>", lowered.as_text())
+      print(f"{v}: compile {comp[v]:.1f} s, {len(words)} rng_bit_generator, e.g. {sorted(set(words))[-3:]}",
+            flush=True)
+      run.checkpointer.close()
+      states[v], _ = steps[v](states[v], batch)
+      jax.block_until_ready(states[v])
+    cpu = {v: [] for v in variants}
+    wall = {v: [] for v in variants}
+    for r in range(rounds):
+      for v in variants:
+        t, c = time.perf_counter(), time.process_time()
+        states[v], m = steps[v](states[v], batch)
+        jax.block_until_ready((states[v], m))
+        wall[v].append(time.perf_counter() - t)
+        cpu[v].append(time.process_time() - c)
+      print("round", r, {v: round(cpu[v][-1], 2) for v in variants}, flush=True)
+  base = statistics.median(cpu[variants[0]])
+  res = {}
+  for v in variants:
+    mc, mw = statistics.median(cpu[v]), statistics.median(wall[v])
+    res[v] = dict(step_cpu_s=cpu[v], step_s=wall[v], step_cpu_s_median=mc, step_s_median=mw,
+                  compile_s=comp[v], speedup_cpu_vs_first=base / mc)
+    print(f"{v}: CPU {[round(x, 2) for x in cpu[v]]} median {mc:.2f} s, wall median {mw:.2f} s, "
+          f"x{base / mc:.2f} CPU vs {variants[0]}, compile {comp[v]:.1f} s", flush=True)
+  key = " ".join([sys.argv[1], *(f"--config.{o}" for o in overrides)])
+  result = dict(variants=res, overrides=overrides, rounds=rounds, batch_size=config.batch_size,
+                order="one untimed step each, then rounds of one timed step per variant in turn")
+  print("->", M.write_result(M.DEFAULT_OUT_DIR, "mult_variants", key, M.machine(), result))
+
+
+if __name__ == "__main__":
+  main()
