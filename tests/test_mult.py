@@ -349,12 +349,13 @@ def test_chunked_attention_with_a_small_key_block_matches_xla():
   """``chunk_size`` reaches the "chunked" kernel (several key blocks here) and gives the dense result."""
   batch = fake_batch((6, 9, 7))
   ref = tiny(target_modalities=("audio",))
-  params = ref.init(jax.random.PRNGKey(0), batch, train=False)["params"]
-  out_ref, _ = ref.apply({"params": params}, batch, train=False)
+  params = jax.jit(lambda b: ref.init(jax.random.PRNGKey(0), b, train=False)["params"])(batch)
+  out_ref, _ = jax.jit(lambda p, b: ref.apply({"params": p}, b, train=False))(params, batch)
   chunked = tiny(target_modalities=("audio",), attention="chunked", chunk_size=4)
-  out, _ = chunked.apply({"params": params}, batch, train=False)
+  out, _ = jax.jit(lambda p, b: chunked.apply({"params": p}, b, train=False))(params, batch)
   np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
-  rngs = {"dropout": jax.random.PRNGKey(1)}
-  a, _ = chunked.apply({"params": params}, batch, train=True, rngs=rngs)
-  b, _ = chunked.apply({"params": params}, batch, train=True, rngs=rngs)
+  train = jax.jit(lambda p, b, k: chunked.apply({"params": p}, b, train=True, rngs={"dropout": k})[0])
+  a = train(params, batch, jax.random.PRNGKey(1))
+  b = train(params, batch, jax.random.PRNGKey(1))
   np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, train(params, batch, jax.random.PRNGKey(2)))  # the dropout is on
