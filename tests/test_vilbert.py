@@ -223,8 +223,8 @@ def test_region_location_box_or_a_learned_embedding_per_region(fusion):
     params = nn.unbox(init_params(model, batch))
     proj = params["backbone"]["image_embeddings"]["location_proj"]
     assert proj["kernel"].shape == (rows, 16)
-  _, state = model.apply({"params": params}, batch, train=False, capture_intermediates=True,
-                         mutable=["intermediates"])
+  _, state = jax.jit(lambda p: model.apply({"params": p}, batch, train=False, capture_intermediates=True,
+                                           mutable=["intermediates"]))(params)
   embedded = state["intermediates"]["backbone"]["image_embeddings"]["__call__"][0]
   loc = np.asarray(proj["kernel"] + proj["bias"])
   normed = (loc - loc.mean(-1, keepdims=True)) / loc.std(-1, keepdims=True)
