@@ -438,6 +438,19 @@ def _regions(image, patch_size: int) -> tuple[int, int, int]:
   return b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c
 
 
+def _bert_heads(tally: Tally, model, b: int, t: int, d: int) -> bool:
+  """The heads on a pooled ``[B, D]`` and text ``[B, T, D]``: the QA MLP (``head == "qa"``; returns True),
+  or MLM (a transform at every text position, then the decoder tied to the word embeddings) and ITM."""
+  if model.head == "qa":
+    tally.dense(b, d, 2 * d)  # answer MLP hidden layer
+    tally.dense(b, 2 * d, model.num_answers)  # answer logits
+    return True
+  tally.dense(b * t, d, d)  # mlm_transform
+  tally.dense(b * t, d, model.vocab_size)  # MLM decoder tied to the word embeddings (gradients of both)
+  tally.dense(b, d, 2)  # itm
+  return False
+
+
 @register("visualbert")
 def _visualbert(model, shapes, tally: Tally) -> None:
   """VisualBERT (Li et al., 2019, sec. 3.1-3.2): one BERT over ``[CLS] text [SEP]`` and the patches."""
@@ -447,13 +460,7 @@ def _visualbert(model, shapes, tally: Tally) -> None:
   for _ in range(model.num_layers):
     _bert_layer(tally, b, t + n, d, model.mlp_dim)
   tally.dense(b, d, d)  # pooler
-  if model.head == "qa":
-    tally.dense(b, d, 2 * d)  # qa_hidden
-    tally.dense(b, 2 * d, model.num_answers)  # qa_out
-    return
-  tally.dense(b * t, d, d)  # mlm_transform, at every text position
-  tally.dense(b * t, d, model.vocab_size)  # MLM decoder tied to the word embeddings (gradients of both)
-  tally.dense(b, d, 2)  # itm
+  _bert_heads(tally, model, b, t, d)
 
 
 @register("vilbert")
@@ -488,13 +495,8 @@ def _vilbert(model, shapes, tally: Tally) -> None:
     _bert_layer(image, b, v, d, hidden)  # the same, image
   tally.forward += tail.forward
   tally.add(2.0 * b * d * d * (2 if pool == "mul" else 1))  # text (and image) pooler
-  if model.head == "qa":
-    tally.dense(b, d, 2 * d)  # answer_hidden
-    tally.dense(b, 2 * d, model.num_answers)  # answer_logits
+  if _bert_heads(tally, model, b, t, d):
     return
-  tally.dense(b * t, d, d)  # mlm_transform, at every text position
-  tally.dense(b * t, d, model.vocab_size)  # MLM decoder tied to the word embeddings (gradients of both)
-  tally.dense(b, d, 2)  # itm
   tally.dense(b * r, d, d)  # region_transform (the regions, not <IMG>)
   tally.dense(b * r, d, features)  # region_output: the regressed region features
 
