@@ -22,6 +22,7 @@ import jax
 import mmjax.layers.attention as A
 import mmjax.models.mult as MM
 from mmjax.bench import machine as M
+from mmjax.bench.prng import time_interleaved
 from mmjax.config import get_config
 from mmjax.data import pipeline
 from mmjax.layers import dropout as D
@@ -76,16 +77,9 @@ def main():
       run.checkpointer.close()
       states[v], _ = steps[v](states[v], batch)
       jax.block_until_ready(states[v])
-    cpu = {v: [] for v in variants}
-    wall = {v: [] for v in variants}
-    for r in range(rounds):
-      for v in variants:
-        t, c = time.perf_counter(), time.process_time()
-        states[v], m = steps[v](states[v], batch)
-        jax.block_until_ready((states[v], m))
-        wall[v].append(time.perf_counter() - t)
-        cpu[v].append(time.process_time() - c)
-      print("round", r, {v: round(cpu[v][-1], 2) for v in variants}, flush=True)
+    wall, cpu = time_interleaved(
+        steps, states, batch, rounds,
+        on_round=lambda r, cpu: print("round", r, {v: round(cpu[v][-1], 2) for v in variants}, flush=True))
   base = statistics.median(cpu[variants[0]])
   res = {}
   for v in variants:

@@ -24,6 +24,25 @@ import time
 from mmjax.bench import machine as M
 
 
+def time_interleaved(steps: dict, states: dict, batch, rounds: int, on_round=None) -> tuple[dict, dict]:
+  """Runs one step of every compiled ``steps[name]`` in turn, ``rounds`` times, updating ``states`` in
+  place; returns ``(wall, cpu)``: per name, the seconds of each step (wall clock, and the process's CPU time,
+  which hardly depends on other jobs' load). ``on_round(r, cpu)`` is called after each round."""
+  import jax
+
+  wall = {name: [] for name in steps}
+  cpu = {name: [] for name in steps}
+  for r in range(rounds):
+    for name in steps:
+      t, c = time.perf_counter(), time.process_time()
+      states[name], metrics = steps[name](states[name], batch)
+      jax.block_until_ready((states[name], metrics))
+      wall[name].append(time.perf_counter() - t)
+      cpu[name].append(time.process_time() - c)
+    if on_round is not None:
+      on_round(r, cpu)
+  return wall, cpu
+
 def benchmark(config, impls, *, rounds: int, synthetic: bool) -> dict:
   """Compiles ``config``'s train step once per PRNG implementation and times them interleaved."""
   import jax
@@ -54,15 +73,7 @@ def benchmark(config, impls, *, rounds: int, synthetic: bool) -> dict:
       run.checkpointer.close()
       states[impl], _ = steps[impl](states[impl], batch)  # the untimed first step
       jax.block_until_ready(states[impl])
-    wall = {impl: [] for impl in impls}
-    cpu = {impl: [] for impl in impls}
-    for _ in range(rounds):
-      for impl in impls:
-        t, c = time.perf_counter(), time.process_time()
-        states[impl], metrics = steps[impl](states[impl], batch)
-        jax.block_until_ready((states[impl], metrics))
-        wall[impl].append(time.perf_counter() - t)
-        cpu[impl].append(time.process_time() - c)
+    wall, cpu = time_interleaved(steps, states, batch, rounds)
   base = impls[0]
   med = {impl: (statistics.median(wall[impl]), statistics.median(cpu[impl])) for impl in impls}
   per_impl = {
