@@ -3,7 +3,8 @@
 ``python benchmarks/mult_variants.py VARIANTS ROUNDS [config overrides without --config.]``, run from the
 repository root. ``VARIANTS``: comma-separated ``masks[:remat[:attention[:chunk]]]``; ``masks`` is
 ``base`` (dropout masks from ``jax.random.bernoulli`` and ``flax.linen.Dropout``, as before
-``mmjax.layers.dropout``) or ``new`` (``mmjax.layers.dropout``: 8/16-bit fields); ``remat`` a
+``mmjax.layers.dropout``), ``fields`` (16/8-bit fields of ``jax.random.bits`` words) or ``new``
+(``mmjax.layers.dropout``: the index hash); ``remat`` a
 ``config.remat`` value (default none); ``attention`` the kernel (default: the config's); ``chunk`` the key
 block of ``chunked`` (default ``CHUNK_SIZE``). Each variant is compiled, runs one untimed step, then
 ``ROUNDS`` rounds time one step of each variant in turn on one fixed synthetic batch (as ``mmjax bench
@@ -18,6 +19,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 import mmjax.layers.attention as A
 import mmjax.models.mult as MM
@@ -30,16 +32,46 @@ from mmjax.train.run import build_run, make_global_batch
 from mmjax.train.step import jit_train_step
 
 
+def _per_block(draw):
+  """A mask function of :func:`mmjax.layers.dropout.dropout_keep`'s signature from ``draw(rng, rate,
+  shape)``; a block of a larger mask (the chunked kernel) draws from ``fold_in(rng, its offset)``."""
+  def keep(rng, rate, shape, *, full_shape=None, offsets=None):
+    del full_shape
+    if offsets is not None:
+      rng = jax.random.fold_in(rng, offsets[-1])
+    return draw(rng, rate, shape)
+  return keep
+
+
 def bernoulli_keep(rng, rate, shape):
   """The attention dropout masks before mmjax.layers.dropout: one 32-bit draw per element."""
   return jax.random.bernoulli(rng, 1.0 - rate, shape)
 
 
+def fields_keep(rng, rate, shape):
+  """The masks of mmjax.layers.dropout from 2026-12-03 until the hash: one 32-bit ``jax.random.bits`` word
+  per 2 elements, cut into 16-bit fields (8-bit when ``rate * 256`` is an integer)."""
+  bits = 8 if float(rate * 256).is_integer() else 16
+  threshold, n = round(rate * (1 << bits)), 32 // bits
+  full = shape or (1,)
+  axis = next((i for i, s in enumerate(full) if s % n == 0), max(range(len(full)), key=lambda i: full[i]))
+  part = -(-full[axis] // n)
+  words = jax.random.bits(rng, full[:axis] + (part,) + full[axis + 1:], jnp.uint32)
+  fields = [(words >> (bits * i)) & ((1 << bits) - 1) for i in range(n)]
+  keep = jnp.concatenate([f >= threshold for f in fields], axis=axis)
+  return jax.lax.slice_in_dim(keep, 0, full[axis], axis=axis).reshape(shape)
+
+
+MASKS = {"base": _per_block(bernoulli_keep), "fields": _per_block(fields_keep), "new": D.dropout_keep}
+
+
 def use_masks(kind):
-  """Point the attention kernels and MulT at the old (``base``) or new (``new``) dropout masks."""
-  if kind not in ("base", "new"):
-    raise SystemExit(f"masks must be base or new, not {kind!r}")
-  A.dropout_keep = bernoulli_keep if kind == "base" else D.dropout_keep
+  """Point the attention kernels and MulT's dropouts at the masks of ``kind`` (:data:`MASKS`): ``base``
+  uses ``flax.linen.Dropout`` for MulT's other dropouts, the rest ``mmjax.layers.dropout.Dropout`` with
+  that mask function."""
+  if kind not in MASKS:
+    raise SystemExit(f"masks must be one of {sorted(MASKS)}, not {kind!r}")
+  A.dropout_keep = D.dropout_keep = MASKS[kind]
   MM.Dropout = nn.Dropout if kind == "base" else D.Dropout
 
 

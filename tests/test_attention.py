@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax.layers import attention as A
+from mmjax.layers.dropout import dropout_keep
 
 CASES = {
     # name: (Lq, Lk, H, K, D, lengths, dense mask, causal)
@@ -120,11 +121,16 @@ def test_chunked_dropout_is_deterministic_and_exact():
     return A.dot_product_attention(q, k, v, key_lengths=lengths, dropout_rate=rate, dropout_rng=key,
                                    implementation="chunked", chunk_size=bk)
 
-  # the dense equivalent with the same keep masks (block j drawn from fold_in(key, j))
-  nb = -(-lk // bk)
+  # the dense kernel draws the same mask (block j of chunked's is block j of xla's); check it by hand too
   keep = jnp.concatenate(
-      [A.chunked_dropout_keep(key, rate, (b, kv, h // kv, lq, bk), bk, j) for j in range(nb)], axis=-1
-  )[..., :lk].reshape(b, h, lq, lk)
+      [A.chunked_dropout_keep(key, rate, (b, kv, h // kv, lq, bk), lk, j) for j in range(-(-lk // bk))], -1
+  )[..., :lk]
+  np.testing.assert_array_equal(keep, dropout_keep(key, rate, (b, kv, h // kv, lq, lk)))
+  keep = keep.reshape(b, h, lq, lk)
+
+  def xla(q, k, v):
+    return A.dot_product_attention(q, k, v, key_lengths=lengths, dropout_rate=rate, dropout_rng=key,
+                                   implementation="xla")
 
   def dense(q, k, v):
     kr, vr = jnp.repeat(k, h // kv, axis=2), jnp.repeat(v, h // kv, axis=2)
@@ -132,12 +138,15 @@ def test_chunked_dropout_is_deterministic_and_exact():
     w = jax.nn.softmax(jnp.where(A.lengths_mask(lengths, lk), s, -jnp.inf), axis=-1)
     return jnp.einsum("bhqk,bkhd->bqhd", jnp.where(keep, w / (1 - rate), 0.0), vr)
 
+  np.testing.assert_allclose(xla(q, k, v), dense(q, k, v), atol=2e-5)
   np.testing.assert_array_equal(chunked(q, k, v), chunked(q, k, v))
   np.testing.assert_allclose(chunked(q, k, v), dense(q, k, v), atol=2e-5)
   gc = jax.jit(jax.grad(lambda *a: (chunked(*a) ** 2).sum(), argnums=(0, 1, 2)))(q, k, v)
   gd = jax.jit(jax.grad(lambda *a: (dense(*a) ** 2).sum(), argnums=(0, 1, 2)))(q, k, v)
-  for x, y in zip(gc, gd, strict=True):
+  gx = jax.jit(jax.grad(lambda *a: (xla(*a) ** 2).sum(), argnums=(0, 1, 2)))(q, k, v)
+  for x, y, z in zip(gc, gd, gx, strict=True):
     np.testing.assert_allclose(x, y, atol=1e-4)
+    np.testing.assert_allclose(z, y, atol=1e-4)
 
 
 def test_errors_name_the_reason_and_the_alternatives():

@@ -11,7 +11,7 @@ attention benchmark measures exactly what the models run. Kernels (:data:`IMPLEM
   GPU, or any backend with ``interpret=True`` (tests). Key lengths / causal only, no dropout.
 * ``"chunked"``: memory-efficient blockwise attention in pure JAX (online softmax over key blocks, a
   ``custom_vjp`` that recomputes the scores in the backward pass and stores only the output and the
-  log-sum-exp per query); any backend, everything, dropout included (its own deterministic masks).
+  log-sum-exp per query); any backend, everything, dropout included (the same masks as ``"xla"``).
 * ``"auto"``: :func:`select_implementation` picks one by backend, dtype and shape, and logs the choice once.
 
 Shapes: queries ``[B, Lq, H, D]``, keys/values ``[B, Lk, K, D]`` with ``H % K == 0`` (grouped KV heads),
@@ -134,7 +134,7 @@ def _xla_attention(query, key, value, mask, scale, dropout_rate, dropout_rng):
   weights = jax.nn.softmax(logits, axis=-1)
   if dropout_rate > 0.0:
     keep = dropout_keep(dropout_rng, dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    weights = jnp.where(keep, weights * (1.0 / (1.0 - dropout_rate)), 0.0)
   out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(value.dtype), value)
   return out.reshape(b, lq, h, d)
 
@@ -150,11 +150,28 @@ def _chunk_layout(query, key, block):
 
 
 def _to_blocks(x, bk, nb):
-  """``[B, Lk, ...]`` (zero-padded to ``nb*bk``) -> ``[nb, B, bk, ...]``."""
+  """``[B, Lk, K, D]`` (zero-padded to ``nb*bk``) -> head-major blocks ``[nb, B, K, bk, D]``."""
   pad = nb * bk - x.shape[1]
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  x = x.reshape(x.shape[0], nb, bk, *x.shape[2:])
-  return jnp.moveaxis(x, 1, 0)
+  x = jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)])
+  return x.reshape(x.shape[0], nb, bk, *x.shape[2:]).transpose(1, 0, 3, 2, 4)
+
+
+def _from_blocks(x, lk):
+  """Inverse of :func:`_to_blocks`: ``[nb, B, K, bk, D]`` -> ``[B, Lk, K, D]``."""
+  nb, b, k_heads, bk, d = x.shape
+  return x.transpose(1, 0, 3, 2, 4).reshape(b, nb * bk, k_heads, d)[:, :lk]
+
+
+def _heads_major(x, k_heads):
+  """``[B, L, H, D]`` -> ``[B, K, G, L, D]`` (query head ``h = k * G + g`` uses KV head ``k``)."""
+  b, length, h, d = x.shape
+  return x.reshape(b, length, k_heads, h // k_heads, d).transpose(0, 2, 3, 1, 4)
+
+
+def _heads_minor(x):
+  """Inverse of :func:`_heads_major`: ``[B, K, G, L, D]`` -> ``[B, L, H, D]``."""
+  b, k_heads, g, length, d = x.shape
+  return x.transpose(0, 3, 1, 2, 4).reshape(b, length, k_heads * g, d)
 
 
 def _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb):
@@ -174,11 +191,13 @@ def _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb):
   return jnp.moveaxis(mask, 4, 0)
 
 
-def chunked_dropout_keep(rng, rate, shape, block, j):
-  """Keep mask ``[B, K, G, Lq, bk]`` of key block ``j``: the same draw in the forward and backward pass
-  (:func:`mmjax.layers.dropout.dropout_keep` of ``fold_in(rng, j)``: the rate quantised to 8 or 16 bits)."""
-  del block
-  return dropout_keep(jax.random.fold_in(rng, j), rate, shape)
+def chunked_dropout_keep(rng, rate, shape, key_length, j, layout=None):
+  """Keep mask ``[B, K, G, Lq, bk]`` of key block ``j``: block ``j`` of the dense kernel's mask
+  ``dropout_keep(rng, rate, [B, K, G, Lq, key_length])`` (:mod:`mmjax.layers.dropout`), so "chunked" and
+  "xla" drop the same weights, and the forward and backward pass see the same draw. ``layout``: the axes
+  order to return it in (the backward pass takes it keys-major, ``(0, 1, 4, 2, 3)``)."""
+  full = tuple(shape[:-1]) + (key_length,)
+  return dropout_keep(rng, rate, shape, full_shape=full, offsets=(0, 0, 0, 0, j * shape[-1]), layout=layout)
 
 
 def _block_allowed(j, bk, lq, klen, mask_j, causal):
@@ -192,39 +211,52 @@ def _block_allowed(j, bk, lq, klen, mask_j, causal):
   return allowed
 
 
+def _block_allowed_keys_major(j, bk, lq, klen, mask_j, causal):
+  """:func:`_block_allowed` laid out keys-major, ``[B|1, K|1, bk, G|1, Lq]`` (``mask_j`` already is)."""
+  kpos = j * bk + jnp.arange(bk)
+  allowed = (kpos[None, :] < klen[:, None])[:, None, :, None, None]  # [B, 1, bk, 1, 1]
+  if causal:
+    allowed = allowed & (kpos[:, None] <= jnp.arange(lq)[None, :])[None, None, :, None, :]
+  if mask_j is not None:
+    allowed = allowed & mask_j
+  return allowed
+
+
 def _chunked_fwd_core(q, k, v, klen, mask, rng, scale, causal, block, rate):
+  """Online softmax over key blocks (Milakov & Gimelshein, 2018; Rabe & Staats, 2021), head-major so every
+  product is a plain batched matmul. The scale is folded into the queries, and the dropout factor
+  ``1 / (1 - rate)`` into the output, so neither costs a pass over the scores."""
   b, lq, h, d = q.shape
-  k_heads = k.shape[2]
-  g = h // k_heads
+  k_heads, lk = k.shape[2], k.shape[1]
   bk, lk_pad = _chunk_layout(q, k, block)
   nb = lk_pad // bk
-  qg = q.reshape(b, lq, k_heads, g, d)
+  qs = _heads_major(q, k_heads) * jnp.asarray(scale, q.dtype)  # [B, K, G, Lq, D]
   xs = (jnp.arange(nb), _to_blocks(k, bk, nb), _to_blocks(v, bk, nb),
-        _mask_blocks(mask, b, h, k_heads, lq, k.shape[1], bk, nb))
+        _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb))
 
   def step(carry, x):
     acc, m, den = carry
     j, kj, vj, mj = x
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kj, preferred_element_type=jnp.float32) * scale
-    allowed = _block_allowed(j, bk, lq, klen, mj, causal)
-    s = jnp.where(allowed, s, _NEG)
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qs, kj, preferred_element_type=jnp.float32)
+    s = jnp.where(_block_allowed(j, bk, lq, klen, mj, causal), s, _NEG)
     m_new = jnp.maximum(m, s.max(-1))
-    p = jnp.where(allowed, jnp.exp(s - m_new[..., None]), 0.0)
+    p = jnp.exp(s - m_new[..., None])  # a masked key gives exp(_NEG - m) = 0 once a row has seen a key
     corr = jnp.exp(m - m_new)
     den = den * corr + p.sum(-1)
     if rate > 0.0:
-      p = jnp.where(chunked_dropout_keep(rng, rate, p.shape, bk, j), p / (1.0 - rate), 0.0)
-    pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+      p = jnp.where(chunked_dropout_keep(rng, rate, p.shape, lk, j), p, 0.0)
+    pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
     return (acc * corr[..., None] + pv, m_new, den), None
 
+  g = h // k_heads
   init = (jnp.zeros((b, k_heads, g, lq, d), jnp.float32), jnp.full((b, k_heads, g, lq), _NEG, jnp.float32),
           jnp.zeros((b, k_heads, g, lq), jnp.float32))
   (acc, m, den), _ = jax.lax.scan(step, init, xs)
-  safe = jnp.where(den > 0, den, 1.0)
-  out = acc / safe[..., None]
-  lse = jnp.where(den > 0, m + jnp.log(safe), jnp.inf)
-  out = jnp.moveaxis(out, 3, 1).reshape(b, lq, h, d).astype(v.dtype)
-  return out, lse
+  seen = m > _NEG / 2  # the row has at least one visible key (else its exp(0) terms are not weights)
+  safe = jnp.where(seen, den, 1.0)
+  out = jnp.where(seen[..., None], acc * (1.0 / (1.0 - rate) / safe)[..., None], 0.0)
+  lse = jnp.where(seen, m + jnp.log(safe), jnp.inf)
+  return _heads_minor(out).astype(v.dtype), lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
@@ -238,41 +270,50 @@ def _chunked_fwd(q, k, v, klen, mask, rng, scale, causal, block, rate):
 
 
 def _chunked_bwd(scale, causal, block, rate, res, dout):
+  """Recomputes each key block's weights from the saved log-sum-exp. With dropout ``z = keep / (1 - rate)``:
+  ``dv = (p z)^T do``, ``ds = p (z dp - delta)`` with ``delta = rowsum(do * out)``; the factor ``1 / (1 -
+  rate)`` rides on ``do`` and the scale on the queries and on ``dq`` (no pass over the scores for either).
+
+  The block's scores are computed keys-major, ``[B, K, bk, G, Lq]``: ``dk`` and ``dv`` contract them over
+  the queries, their minor axes, so the two products read them in place; only ``dq`` takes the small key
+  block transposed, and accumulates as ``[B, K, D, G, Lq]``.
+  """
   q, k, v, klen, mask, rng, out, lse = res
   b, lq, h, d = q.shape
   lk, k_heads = k.shape[1], k.shape[2]
-  g = h // k_heads
   bk, lk_pad = _chunk_layout(q, k, block)
   nb = lk_pad // bk
   f32 = jnp.float32
-  qg = q.reshape(b, lq, k_heads, g, d).astype(f32)
-  dog = dout.reshape(b, lq, k_heads, g, d).astype(f32)
-  delta = jnp.einsum("bqkgd,bqkgd->bkgq", dog, out.reshape(b, lq, k_heads, g, d).astype(f32))
-  xs = (jnp.arange(nb), _to_blocks(k, bk, nb), _to_blocks(v, bk, nb),
-        _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb))
+  qs = _heads_major(q, k_heads).astype(f32) * scale  # [B, K, G, Lq, D]
+  do = _heads_major(dout, k_heads).astype(f32)
+  delta = jnp.einsum("bkgqd,bkgqd->bkgq", do, _heads_major(out, k_heads).astype(f32))[:, :, None]
+  do = do * (1.0 / (1.0 - rate))
+  qs_t, do_t = qs.transpose(0, 1, 4, 2, 3), do.transpose(0, 1, 4, 2, 3)  # [B, K, D, G, Lq]
+  lse = lse[:, :, None]  # [B, K, 1, G, Lq]
+  masks = _mask_blocks(mask, b, h, k_heads, lq, lk, bk, nb)
+  masks = None if masks is None else jnp.moveaxis(masks, -1, 3)  # [nb, Bm, Km, bk, Gm, Lqm]
+  xs = (jnp.arange(nb), _to_blocks(k, bk, nb), _to_blocks(v, bk, nb), masks)
 
-  def step(dq, x):
+  def step(dq_t, x):
     j, kj, vj, mj = x
     kj, vj = kj.astype(f32), vj.astype(f32)
-    s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kj) * scale
-    allowed = _block_allowed(j, bk, lq, klen, mj, causal)
-    p = jnp.where(allowed, jnp.exp(s - lse[..., None]), 0.0)
-    dp = jnp.einsum("bqkgd,bskd->bkgqs", dog, vj)
+    s = jnp.einsum("bksd,bkdgq->bksgq", kj, qs_t)
+    p = jnp.where(_block_allowed_keys_major(j, bk, lq, klen, mj, causal), jnp.exp(s - lse), 0.0)
+    dp = jnp.einsum("bksd,bkdgq->bksgq", vj, do_t)
     if rate > 0.0:
-      z = jnp.where(chunked_dropout_keep(rng, rate, p.shape, bk, j), 1.0 / (1.0 - rate), 0.0)
-      dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p * z, dog)
-      dp = dp * z
+      keep = chunked_dropout_keep(rng, rate, (b, k_heads, h // k_heads, lq, bk), lk, j, (0, 1, 4, 2, 3))
+      dv_j = jnp.einsum("bksgq,bkgqd->bksd", jnp.where(keep, p, 0.0), do)
+      dp = jnp.where(keep, dp, 0.0)
     else:
-      dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p, dog)
-    ds = p * (dp - delta[..., None]) * scale
-    dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, kj)
-    dk_j = jnp.einsum("bkgqs,bqkgd->bskd", ds, qg)
-    return dq, (dk_j, dv_j)
+      dv_j = jnp.einsum("bksgq,bkgqd->bksd", p, do)
+    ds = p * (dp - delta)
+    dk_j = jnp.einsum("bksgq,bkgqd->bksd", ds, qs)
+    return dq_t + jnp.einsum("bksd,bksgq->bkdgq", kj, ds), (dk_j, dv_j)
 
-  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros((b, lq, k_heads, g, d), f32), xs)
-  unblock = lambda t: jnp.moveaxis(t, 0, 1).reshape(b, lk_pad, k_heads, d)[:, :lk]  # noqa: E731
-  return (dq.reshape(b, lq, h, d).astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
-          None, None, None)
+  dq_t, (dk, dv) = jax.lax.scan(step, jnp.zeros(qs_t.shape, f32), xs)
+  dq = dq_t.transpose(0, 1, 3, 4, 2) * scale  # [B, K, G, Lq, D]
+  return (_heads_minor(dq).astype(q.dtype), _from_blocks(dk, lk).astype(k.dtype),
+          _from_blocks(dv, lk).astype(v.dtype), None, None, None)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)

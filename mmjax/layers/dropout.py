@@ -1,15 +1,21 @@
-"""Dropout masks from 8- or 16-bit random fields (:func:`dropout_keep`), and the module :class:`Dropout`.
+"""Dropout masks from a counter-based integer hash (:func:`dropout_keep`), and the module :class:`Dropout`.
 
-``jax.random.bernoulli`` draws a 32-bit word per element, and asking ``jax.random.bits`` for ``uint16`` or
-``uint8`` does not help: under ``rbg`` XLA's RngBitGenerator and under (partitionable) threefry JAX still
-generate one 32-bit word per element and truncate it. :func:`dropout_keep` instead draws one 32-bit word
-per 2 (16-bit) or 4 (8-bit) elements and cuts each word into its 16- or 8-bit fields, so the bit generator
-(the largest elementwise cost of attention dropout on CPU) does a half or a quarter of the work.
+``jax.random.bernoulli`` asks XLA's bit generator for a 32-bit word per element: on CPU a separate pass that
+writes the words to memory (threefry: about 20 rounds of integer work per pair of words) before the mask is
+applied, the largest elementwise cost of attention dropout in our MulT profile. :func:`dropout_keep` instead
+draws two 32-bit seed words from the key and hashes each element's linear index with them:
 
-The rate is quantised to the field: an element is dropped when its field is below ``round(rate * 2**n)``,
-so the realised rate is ``round(rate * 2**n) / 2**n``. 8-bit fields are used when ``rate * 256`` is an
-integer (e.g. 0.25, 0.5: exact); otherwise 16-bit fields, whose quantisation error is at most
-``2**-17`` (0.1 becomes 6554 / 65536 = 0.100006). Rates below ``2**-17`` keep everything.
+    h(i) = fmix32(fmix32(i XOR s0) + s1),    keep(i) = h(i) >= round(rate * 2**32)
+
+``fmix32`` is MurmurHash3's finaliser (Appleby, 2008: two multiplications and three xor-shifts, a
+bijection of uint32 in which every input bit flips each output bit with probability about 1/2). The whole
+mask is a dozen integer operations of an ``iota``, so XLA fuses it into the fusion that applies it: no
+random words are written or read, a sharded mask is computed where its shard lives, and a block of a larger
+mask (:func:`dropout_keep` with ``full_shape`` and ``offsets``, as the ``chunked`` attention kernel draws
+key block by key block) is exactly that block of the whole mask. This is a statistical hash, not a
+cryptographic generator, which dropout does not need; the rate is quantised to ``2**-32``. Two keys give
+unrelated masks (the seed words come from ``jax.random.bits`` of the key); masks are a deterministic
+function of the key, the rate and the (full) shape, so resuming a run draws the same masks.
 """
 
 from __future__ import annotations
@@ -20,51 +26,101 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def keep_bits(rate: float) -> int:
-  """The field width :func:`dropout_keep` draws per element for ``rate``: 8 when ``rate * 256`` is an
-  integer, else 16."""
-  return 8 if float(rate * 256).is_integer() else 16
+_M1, _M2 = 0x85EBCA6B, 0xC2B2AE35  # MurmurHash3 fmix32 multipliers
 
 
-def dropout_keep(rng: jax.Array, rate: float, shape) -> jax.Array:
-  """Bool keep mask of ``shape``: True with probability ``1 - rate`` (rate quantised to ``2**-bits``,
-  :func:`keep_bits`: exact when ``rate * 2**bits`` is an integer), a deterministic function of ``rng``,
-  ``rate`` and ``shape``.
+def _fmix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser (uint32 in, uint32 out; a bijection)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(_M1)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(_M2)
+  return x ^ (x >> 16)
 
-  One 32-bit word is drawn per 2 (16-bit) or 4 (8-bit) elements: along the first axis whose size the
-  number of fields divides (else the largest axis, rounded up and cut back), field ``i`` of the words fills
-  the ``i``-th block of that axis.
+
+def _linear_index(shape, full_shape, offsets, layout) -> jax.Array:
+  """uint32 row-major index into ``full_shape`` of every element of a ``shape`` block at ``offsets``
+  (wraps modulo ``2**32``), laid out with its axes in the order ``layout``."""
+  out_shape = tuple(shape[a] for a in layout)
+  index = jnp.zeros(out_shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    pos = jax.lax.broadcasted_iota(jnp.uint32, out_shape, layout.index(axis))
+    if offsets is not None:
+      pos = pos + jnp.asarray(offsets[axis]).astype(jnp.uint32)
+    index = index + pos * jnp.uint32(stride % 2**32)
+    stride *= int(full_shape[axis])
+  return index
+
+
+def _full_leading_axes(shape, full_shape, offsets, layout) -> int:
+  """How many leading axes of the block span their whole axis of ``full_shape`` from a static offset 0 and
+  lead the layout too."""
+  n = 0
+  while n < len(shape) and layout[n] == n and shape[n] == full_shape[n] and (
+      offsets is None or (isinstance(offsets[n], int) and offsets[n] == 0)):
+    n += 1
+  return n
+
+
+def hash_bits(rng: jax.Array, shape, *, full_shape=None, offsets=None, layout=None) -> jax.Array:
+  """uint32 pseudo-random words of ``shape``: ``fmix32(fmix32(i ^ s0) + s1)`` of each element's linear
+  index ``i`` in ``full_shape`` (default ``shape``), the block starting at ``offsets`` (ints or traced
+  scalars; default 0), with ``(s0, s1) = jax.random.bits(rng, (2,), uint32)``. ``layout`` (a permutation
+  of the axes, default the identity) returns the block transposed, ``jnp.transpose(bits, layout)``,
+  computed in that order."""
+  shape = tuple(int(s) for s in shape)
+  full_shape = shape if full_shape is None else tuple(int(s) for s in full_shape)
+  layout = tuple(range(len(shape))) if layout is None else tuple(int(a) for a in layout)
+  if len(full_shape) != len(shape) or (offsets is not None and len(offsets) != len(shape)):
+    raise ValueError(f"hash_bits: shape {shape}, full_shape {full_shape} and offsets {offsets} must have "
+                     "the same rank")
+  if sorted(layout) != list(range(len(shape))):
+    raise ValueError(f"hash_bits: layout {layout} is not a permutation of the {len(shape)} axes")
+  # Leading axes that the block spans whole index like one axis: fewer iotas in the fused loop.
+  n = _full_leading_axes(shape, full_shape, offsets, layout)
+  if n >= 2:
+    merged = (math.prod(shape[:n]),)
+    index = _linear_index(merged + shape[n:], merged + full_shape[n:],
+                          None if offsets is None else (0,) + tuple(offsets[n:]),
+                          (0,) + tuple(a - n + 1 for a in layout[n:]))
+    index = index.reshape(tuple(shape[a] for a in layout))
+  else:
+    index = _linear_index(shape, full_shape, offsets, layout)
+  seed = jax.random.bits(rng, (2,), jnp.uint32)
+  return _fmix32(_fmix32(index ^ seed[0]) + seed[1])
+
+
+def keep_threshold(rate: float) -> int:
+  """The uint32 threshold of :func:`dropout_keep`: an element is dropped when its hash is below it."""
+  return min(round(float(rate) * 2**32), 2**32 - 1)
+
+
+def dropout_keep(rng: jax.Array, rate: float, shape, *, full_shape=None, offsets=None,
+                 layout=None) -> jax.Array:
+  """Bool keep mask of ``shape``: True with probability ``1 - rate`` (quantised to ``2**-32``), a
+  deterministic function of ``rng``, ``rate`` and the element's index (see the module docstring).
+
+  With ``full_shape`` and ``offsets``, the mask is the block at ``offsets`` of the mask of ``full_shape``;
+  with ``layout``, that block transposed to ``jnp.transpose(mask, layout)`` (see :func:`hash_bits`).
   """
   shape = tuple(int(s) for s in shape)
+  out_shape = shape if layout is None else tuple(shape[a] for a in layout)
   rate = float(rate)
   if rate <= 0.0:
-    return jnp.ones(shape, bool)
+    return jnp.ones(out_shape, bool)
   if rate >= 1.0:
-    return jnp.zeros(shape, bool)
-  bits = keep_bits(rate)
-  threshold = round(rate * (1 << bits))
-  if threshold == 0:
-    return jnp.ones(shape, bool)
-  n = 32 // bits
-  full = shape or (1,)
-  if math.prod(full) == 0:
-    return jnp.ones(shape, bool)
-  axis = next((i for i, s in enumerate(full) if s % n == 0), max(range(len(full)), key=lambda i: full[i]))
-  size = full[axis]
-  part = -(-size // n)
-  words = jax.random.bits(rng, full[:axis] + (part,) + full[axis + 1:], jnp.uint32)
-  field = (1 << bits) - 1
-  fields = [(words >> (bits * i)) & field if i < n - 1 else words >> (bits * i) for i in range(n)]
-  keep = jnp.concatenate([f >= threshold for f in fields], axis=axis)
-  if n * part != size:
-    keep = jax.lax.slice_in_dim(keep, 0, size, axis=axis)
-  return keep.reshape(shape)
+    return jnp.zeros(out_shape, bool)
+  threshold = keep_threshold(rate)
+  if threshold == 0 or math.prod(shape) == 0:
+    return jnp.ones(out_shape, bool)
+  bits = hash_bits(rng, shape, full_shape=full_shape, offsets=offsets, layout=layout)
+  return bits >= jnp.uint32(threshold)
 
 
 class Dropout(nn.Module):
   """``flax.linen.Dropout`` (inverted dropout, ``rng_collection`` "dropout") with masks from
-  :func:`dropout_keep`: the rate is quantised to 8 or 16 bits (see that function)."""
+  :func:`dropout_keep`."""
 
   rate: float
   rng_collection: str = "dropout"
