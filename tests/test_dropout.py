@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.layers.dropout import Dropout, _fmix32, dropout_keep, hash_bits, keep_threshold
+from mmjax.layers.dropout import Dropout, _fmix32, dropout_keep, hash_bits, keep_threshold, seed_words
 
 
 def test_fmix32_matches_murmurhash3():
@@ -14,6 +14,15 @@ def test_fmix32_matches_murmurhash3():
   # (e.g. mmh3.hash(b"", 1, signed=False) == 0x514E28B7)
   got = _fmix32(jnp.asarray([0, 1, 0x2A, 0xFFFFFFFF], jnp.uint32))
   np.testing.assert_array_equal(np.asarray(got), [0, 0x514E28B7, 0x087FCD5C, 0x81F16F39])
+
+
+def test_seed_words_differ_between_keys_of_every_implementation():
+  for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+    root = [jax.random.key(k, impl=impl) for k in range(40)]  # rbg's root words repeat: [0, k, 0, k]
+    derived = [jax.random.fold_in(jax.random.key(0, impl=impl), k) for k in range(40)]
+    seeds = {tuple(int(w) for w in seed_words(key)) for key in root + derived}
+    assert len(seeds) == 80, impl
+  np.testing.assert_array_equal(seed_words(jax.random.PRNGKey(5)), seed_words(jax.random.key(5)))
 
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])

@@ -3,7 +3,8 @@
 ``jax.random.bernoulli`` asks XLA's bit generator for a 32-bit word per element: on CPU a separate pass that
 writes the words to memory (threefry: about 20 rounds of integer work per pair of words) before the mask is
 applied, the largest elementwise cost of attention dropout in our MulT profile. :func:`dropout_keep` instead
-draws two 32-bit seed words from the key and hashes each element's linear index with them:
+takes two 32-bit seed words from the key (:func:`seed_words`) and hashes each element's linear index with
+them:
 
     h(i) = fmix32(fmix32(i XOR s0) + s1),    keep(i) = h(i) >= round(rate * 2**32)
 
@@ -14,7 +15,7 @@ random words are written or read, a sharded mask is computed where its shard liv
 mask (:func:`dropout_keep` with ``full_shape`` and ``offsets``, as the ``chunked`` attention kernel draws
 key block by key block) is exactly that block of the whole mask. This is a statistical hash, not a
 cryptographic generator, which dropout does not need; the rate is quantised to ``2**-32``. Two keys give
-unrelated masks (the seed words come from ``jax.random.bits`` of the key); masks are a deterministic
+unrelated masks (the seed words are the key's own words, mixed); masks are a deterministic
 function of the key, the rate and the (full) shape, so resuming a run draws the same masks.
 """
 
@@ -36,6 +37,22 @@ def _fmix32(x: jax.Array) -> jax.Array:
   x = x ^ (x >> 13)
   x = x * jnp.uint32(_M2)
   return x ^ (x >> 16)
+
+
+def seed_words(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two uint32 seed words of a PRNG key (typed or raw ``uint32``; any implementation): the key's even and
+  odd words, each chain mixed with ``fmix32``. Keys that reach a dropout come from ``split``/``fold_in``, so
+  their words already are pseudo-random; the mixing makes root keys (``key(0)``, ``key(1)``, ...) give
+  unrelated seeds too. Scalar work only: no bit generator, which keeps the compiled program small."""
+  words = jax.random.key_data(rng).reshape(-1).astype(jnp.uint32)
+  s0 = _fmix32(words[0] ^ jnp.uint32(0x9E3779B9))
+  s1 = _fmix32(words[1] ^ jnp.uint32(0x7F4A7C15)) if words.shape[0] > 1 else _fmix32(s0)
+  for i in range(2, words.shape[0]):
+    if i % 2:
+      s1 = _fmix32(s1 ^ words[i])
+    else:
+      s0 = _fmix32(s0 ^ words[i])
+  return s0, s1
 
 
 def _linear_index(shape, full_shape, offsets, layout) -> jax.Array:
@@ -66,9 +83,9 @@ def _full_leading_axes(shape, full_shape, offsets, layout) -> int:
 def hash_bits(rng: jax.Array, shape, *, full_shape=None, offsets=None, layout=None) -> jax.Array:
   """uint32 pseudo-random words of ``shape``: ``fmix32(fmix32(i ^ s0) + s1)`` of each element's linear
   index ``i`` in ``full_shape`` (default ``shape``), the block starting at ``offsets`` (ints or traced
-  scalars; default 0), with ``(s0, s1) = jax.random.bits(rng, (2,), uint32)``. ``layout`` (a permutation
-  of the axes, default the identity) returns the block transposed, ``jnp.transpose(bits, layout)``,
-  computed in that order."""
+  scalars; default 0), with ``(s0, s1) =`` :func:`seed_words` ``(rng)``. ``layout`` (a permutation of the
+  axes, default the identity) returns the block transposed, ``jnp.transpose(bits, layout)``, computed in
+  that order."""
   shape = tuple(int(s) for s in shape)
   full_shape = shape if full_shape is None else tuple(int(s) for s in full_shape)
   layout = tuple(range(len(shape))) if layout is None else tuple(int(a) for a in layout)
@@ -87,8 +104,8 @@ def hash_bits(rng: jax.Array, shape, *, full_shape=None, offsets=None, layout=No
     index = index.reshape(tuple(shape[a] for a in layout))
   else:
     index = _linear_index(shape, full_shape, offsets, layout)
-  seed = jax.random.bits(rng, (2,), jnp.uint32)
-  return _fmix32(_fmix32(index ^ seed[0]) + seed[1])
+  s0, s1 = seed_words(rng)
+  return _fmix32(_fmix32(index ^ s0) + s1)
 
 
 def keep_threshold(rate: float) -> int:
