@@ -71,6 +71,10 @@ def catalogue(tmp_path_factory, data_dir, finished):
       "cudnn on the CPU": (train(tmp / "w8", "--config.model.kwargs.attention=cudnn"), tmp / "w8", "cudnn"),
       "out of memory": (train(tmp / "w9", "--config.model.kwargs.width=200000"), tmp / "w9",
                         "needs about"),
+      "model field out of range": (
+          train(tmp / "w14", "--config.model.kwargs.num_heads=3",
+                config=f"{CONFIGS / 'mult_digits.py'}:runlocal"),
+          tmp / "w14", "not divisible by num_heads 3"),
       "labels out of range": (train(tmp / "w12", "--config.model.kwargs.num_classes=7"), tmp / "w12",
                               "outside the valid range [0, 7)"),
       # Found while training: the run has written its logs by then (only the message is checked).
@@ -122,7 +126,8 @@ def catalogue(tmp_path_factory, data_dir, finished):
 
 CASES = ["bad variant", "syntax error", "get_config raises", "mesh", "workdir is a file",
          "workdir below a file", "wrong type", "unknown evaluator argument", "unknown attention kernel",
-         "cudnn on the CPU", "out of memory", "labels out of range", "resume with another model",
+         "cudnn on the CPU", "out of memory", "model field out of range", "labels out of range",
+         "resume with another model",
          "resume with another optimizer",
          "locked workdir", "eval --step best without best_metric", "eval a step that was not saved",
          "eval without checkpoints", "sample from a classifier", "fewshot on a classifier",

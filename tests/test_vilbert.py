@@ -47,13 +47,21 @@ def test_co_attention_is_the_only_path_between_the_streams(fusion):
   batch = make_batch()
   probe = jax.random.normal(jax.random.PRNGKey(3), (B, T + 2, 16))
   for co_attention in (False, True):
-    model = tiny(fusion=fusion, head="qa", co_attention=co_attention)
+    model = tiny(fusion=fusion, head="qa", co_attention=co_attention, pool="mul")
     params = init_params(model, batch)
     text_norm, image_norm = jax.jit(functools.partial(cross_gradients, model))(params, batch, probe)
     if co_attention:
       assert text_norm > 1e-6 and image_norm > 1e-6, (text_norm, image_norm)
     else:
       assert text_norm == 0.0 and image_norm == 0.0, (text_norm, image_norm)
+
+
+def test_no_co_attention_with_a_text_pool_is_refused():
+  """Without co-attention a text-only pooled output would leave the heads blind to the image."""
+  batch = make_batch()
+  for kw in ({"fusion": "lxmert"}, {"fusion": "coattention", "pool": "text"}):
+    with pytest.raises(ValueError, match="would ignore the image"):
+      tiny(head="qa", co_attention=False, **kw).init(jax.random.PRNGKey(0), batch, train=False)
 
 
 def cross_gradients(model, params, batch, probe):

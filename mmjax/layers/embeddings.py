@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 
 
@@ -50,7 +51,7 @@ class SequenceEmbed(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.integer):
       if self.vocab_size <= 0:
-        raise ValueError("token inputs need SequenceEmbed.vocab_size > 0 (set the model's vocab_size)")
+        raise ConfigError("token inputs need SequenceEmbed.vocab_size > 0 (set the model's vocab_size)")
       h = axes.embed(self.vocab_size, self.width, dtype=self.dtype, name="tokens")(x)
     else:
       if x.ndim != 3:

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 
 
@@ -110,7 +111,7 @@ class LowRankFusion(nn.Module):
   @nn.compact
   def __call__(self, hs: Sequence[jax.Array]) -> jax.Array:
     if self.rank < 1:
-      raise ValueError(f"LowRankFusion.rank must be >= 1; got {self.rank}")
+      raise ConfigError(f"LowRankFusion.rank must be >= 1; got {self.rank}")
     factors = [
         self.param(f"factor_{m}", axes.logical(_xavier_normal(1, 0), (None, "embed", "features")),
                    (self.rank, h.shape[-1] + 1, self.features)).astype(self.dtype)

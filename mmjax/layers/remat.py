@@ -14,6 +14,8 @@ import inspect
 import flax.linen as nn
 import jax
 
+from mmjax.errors import ConfigError
+
 
 def _is_policy(fn) -> bool:
   """A ready policy ``(prim, *args, **params) -> bool``, not a factory that builds one from names."""
@@ -39,6 +41,6 @@ def remat(module_cls: type[nn.Module], mode: str, static_argnums: tuple[int, ...
   if mode == "none":
     return module_cls
   if mode not in MODES:
-    raise ValueError(f"unknown remat {mode!r}; valid: {', '.join(MODES)}")
+    raise ConfigError(f"unknown remat {mode!r}; valid: {', '.join(MODES)}")
   policy = None if mode == "full" else getattr(jax.checkpoint_policies, mode)
   return nn.remat(module_cls, policy=policy, static_argnums=static_argnums)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.attention import dot_product_attention
 from mmjax.layers.remat import remat
@@ -36,7 +37,7 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x_q, x_kv, *, mask=None, causal=False, train: bool):
     width = x_q.shape[-1]
     if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+      raise ConfigError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head = width // self.num_heads
     dense = lambda name: axes.dense_general(  # noqa: E731
         (self.num_heads, head), ("embed", "heads", "kv"), dtype=self.dtype, name=name)

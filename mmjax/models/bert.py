@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.attention import dot_product_attention
 from mmjax.layers.remat import remat
@@ -78,9 +79,9 @@ class BertConfig:
 
   def __post_init__(self):
     if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"unknown BERT hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
+      raise ConfigError(f"unknown BERT hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
     if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"BERT hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+      raise ConfigError(f"BERT hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                        f"{self.num_attention_heads}")
 
   @property

@@ -54,6 +54,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.registry import register
@@ -70,7 +71,7 @@ def patchify(images, patch_size: int):
   c = images.shape[3] if images.ndim == 4 else 1
   p = patch_size
   if h % p or w % p:
-    raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}; set model.kwargs.patch_size "
+    raise ConfigError(f"image size {h}x{w} is not divisible by patch_size {p}; set model.kwargs.patch_size "
                      "to a divisor of both")
   x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, (h // p) * (w // p), p * p * c)
@@ -152,12 +153,12 @@ class CLIP(nn.Module):
     for field, value, allowed in (("loss", self.loss, LOSSES), ("text_pool", self.text_pool, TEXT_POOLS),
                                   ("image_tower", self.image_tower, IMAGE_TOWERS)):
       if value not in allowed:
-        raise ValueError(f"clip: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
+        raise ConfigError(f"clip: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
     if self.vocab_size <= 0:
-      raise ValueError("clip: model.kwargs.vocab_size must be the size of the caption vocabulary (> 0)")
+      raise ConfigError("clip: model.kwargs.vocab_size must be the size of the caption vocabulary (> 0)")
     for field in ("text_width", "text_layers", "text_heads"):
       if getattr(self, field) < 0:
-        raise ValueError(f"clip: model.kwargs.{field} is {getattr(self, field)}; use a positive size, or 0 "
+        raise ConfigError(f"clip: model.kwargs.{field} is {getattr(self, field)}; use a positive size, or 0 "
                          "for the image tower's")
 
   @nn.compact

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.late_fusion import modality_inputs
@@ -40,7 +41,7 @@ class EarlyFusion(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
     if not self.modalities:
-      raise ValueError("EarlyFusion needs at least one modality")
+      raise ConfigError("EarlyFusion needs at least one modality")
     check_modalities(batch, self.modalities, model_name="early_fusion", vocab_size=self.vocab_size)
     type_embed = self.param(
         "modality_type", axes.logical(nn.initializers.normal(0.02), ("features", "embed")),

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.gpt2 import GPT2, GPT2Config
@@ -107,7 +108,7 @@ class VisionEncoder(nn.Module):
                      name="to_prefix")(x)
       return x.reshape(x.shape[0], self.num_prefix, self.embed_dim)
     if self.head not in PREFIX_HEADS:
-      raise ValueError(f"unknown prefix head {self.head!r}; available: {PREFIX_HEADS}")
+      raise ConfigError(f"unknown prefix head {self.head!r}; available: {PREFIX_HEADS}")
     if table is None or table.shape[-1] != self.embed_dim:
       raise ValueError(f"the {self.head} prefix head needs the [V, {self.embed_dim}] token embeddings")
     logits = axes.dense(self.num_prefix * table.shape[0], ("conv_in", "vocab"), dtype=self.dtype,
@@ -163,7 +164,7 @@ class Frozen(nn.Module):
 
   def _check_trainable(self, train: bool):
     if train and self.snap_prefix:
-      raise ValueError("snap_prefix is for evaluation only: the nearest-token snap has no gradient, so the "
+      raise ConfigError("snap_prefix is for evaluation only: the nearest-token snap has no gradient, so the "
                        "vision encoder would not learn; train without it")
 
   def interleaved(self, images, tokens, slots, kinds, *, train: bool = False):

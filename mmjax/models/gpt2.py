@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.attention import dot_product_attention
 from mmjax.layers.remat import remat
@@ -86,10 +87,10 @@ class GPT2Config:
 
   def __post_init__(self):
     if self.activation_function not in ACTIVATIONS:
-      raise ValueError(f"unknown GPT-2 activation_function {self.activation_function!r}; "
+      raise ConfigError(f"unknown GPT-2 activation_function {self.activation_function!r}; "
                        f"supported: {sorted(ACTIVATIONS)}")
     if self.n_embd % self.n_head:
-      raise ValueError(f"GPT-2 n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+      raise ConfigError(f"GPT-2 n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
   @property
   def mlp_width(self) -> int:

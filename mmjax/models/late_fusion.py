@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.registry import register
@@ -48,7 +49,7 @@ class LateFusion(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):
     if not self.modalities:
-      raise ValueError("LateFusion needs at least one modality")
+      raise ConfigError("LateFusion needs at least one modality")
     check_modalities(batch, self.modalities, model_name="late_fusion", vocab_size=self.vocab_size)
     pooled = []
     for m in self.modalities:

@@ -38,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers.fusion import LowRankFusion
 from mmjax.models.registry import register
 from mmjax.models.tfn import embed_modalities, scale_output
@@ -64,6 +65,6 @@ class LMF(nn.Module):
   def __call__(self, batch: dict, *, train: bool):
     hs = embed_modalities(self, batch, train=train, name="lmf")
     if self.rank < 1:
-      raise ValueError(f"lmf: model.kwargs.rank must be >= 1; got {self.rank}")
+      raise ConfigError(f"lmf: model.kwargs.rank must be >= 1; got {self.rank}")
     y = LowRankFusion(self.output_dim, self.rank, self.dtype, name="fusion")(hs)
     return scale_output(y, self.output_range), {"fused": jnp.concatenate(hs, axis=-1)}

@@ -68,6 +68,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes, masked_mean
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.bert import BertConfig, BertModel
@@ -169,24 +170,24 @@ class MAG(nn.Module):
 
   def _check_fields(self):
     if self.text_model not in TEXT_MODELS:
-      raise ValueError(f"MAG text_model {self.text_model!r} is unknown; use one of {TEXT_MODELS}")
+      raise ConfigError(f"MAG text_model {self.text_model!r} is unknown; use one of {TEXT_MODELS}")
     n_layers = self.bert.num_hidden_layers if self.text_model == "bert" else self.lm.n_layer
     if not 0 <= self.injection_layer <= n_layers:
-      raise ValueError(f"MAG injection_layer={self.injection_layer} is outside 0..{n_layers} (0 = the "
+      raise ConfigError(f"MAG injection_layer={self.injection_layer} is outside 0..{n_layers} (0 = the "
                        f"embedding output, k = after block k of the {n_layers}-layer {self.text_model})")
     if len(self.modalities) != 3:
-      raise ValueError(f"MAG modalities must name (text, acoustic, visual) batch keys; got "
+      raise ConfigError(f"MAG modalities must name (text, acoustic, visual) batch keys; got "
                        f"{self.modalities!r}")
     if self.pool not in POOLS:
-      raise ValueError(f"MAG pool {self.pool!r} is unknown; use one of {POOLS}")
+      raise ConfigError(f"MAG pool {self.pool!r} is unknown; use one of {POOLS}")
     if self.pool == "cls" and not (self.text_model == "bert" and self.bert.add_pooling_layer):
-      raise ValueError("MAG pool='cls' needs text_model='bert' with bert.add_pooling_layer=True; use "
+      raise ConfigError("MAG pool='cls' needs text_model='bert' with bert.add_pooling_layer=True; use "
                        "'mean' or 'last'")
     if self.alignment not in ALIGNMENTS:
-      raise ValueError(f"MAG alignment {self.alignment!r} is unknown; use one of {ALIGNMENTS}")
+      raise ConfigError(f"MAG alignment {self.alignment!r} is unknown; use one of {ALIGNMENTS}")
     unknown = sorted(set(self.static_modalities) - set(self.modalities[1:]))
     if unknown:
-      raise ValueError(f"MAG static_modalities {unknown} are not among the nonverbal modalities "
+      raise ConfigError(f"MAG static_modalities {unknown} are not among the nonverbal modalities "
                        f"{tuple(self.modalities[1:])}")
 
   def _word_aligned(self, batch, m, text_mask):

@@ -73,6 +73,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import EncoderLayer, SequenceEmbed, axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.layers.remat import remat
@@ -120,21 +121,21 @@ class MBT(nn.Module):
 
   def _check_fields(self):
     if not self.modalities:
-      raise ValueError("MBT needs at least one modality (model.kwargs.modalities)")
+      raise ConfigError("MBT needs at least one modality (model.kwargs.modalities)")
     if self.fusion not in FUSIONS:
-      raise ValueError(f"MBT fusion {self.fusion!r} is unknown; set model.kwargs.fusion to one of {FUSIONS}")
+      raise ConfigError(f"MBT fusion {self.fusion!r} is unknown; set model.kwargs.fusion to one of {FUSIONS}")
     if self.classifier not in CLASSIFIERS:
-      raise ValueError(f"MBT classifier {self.classifier!r} is unknown; set model.kwargs.classifier to one "
+      raise ConfigError(f"MBT classifier {self.classifier!r} is unknown; set model.kwargs.classifier to one "
                        f"of {CLASSIFIERS}")
     if not 0 <= self.fusion_layer <= self.num_layers:
-      raise ValueError(f"MBT fusion_layer {self.fusion_layer} is outside [0, num_layers = "
+      raise ConfigError(f"MBT fusion_layer {self.fusion_layer} is outside [0, num_layers = "
                        f"{self.num_layers}]; 0 fuses from the first layer, num_layers is late fusion (no "
                        "cross-modal attention)")
     if self.num_bottlenecks < 0:
-      raise ValueError(f"MBT num_bottlenecks must be >= 0 (0 keeps the streams separate); got "
+      raise ConfigError(f"MBT num_bottlenecks must be >= 0 (0 keeps the streams separate); got "
                        f"{self.num_bottlenecks}")
     if self.num_layers < 0:
-      raise ValueError(f"MBT num_layers must be >= 0; got {self.num_layers}")
+      raise ConfigError(f"MBT num_layers must be >= 0; got {self.num_layers}")
 
   @nn.compact
   def __call__(self, batch: dict, *, train: bool):

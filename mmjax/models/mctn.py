@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.models.registry import register
@@ -245,17 +246,17 @@ class MCTN(nn.Module):
   def _check_fields(self):
     targets = tuple(self.targets)
     if not 1 <= len(targets) <= 2:
-      raise ValueError(f"MCTN takes one or two target modalities (two = hierarchical MCTN); got targets="
+      raise ConfigError(f"MCTN takes one or two target modalities (two = hierarchical MCTN); got targets="
                        f"{targets}: set model.kwargs.targets to e.g. ('audio',) or ('image', 'text')")
     if self.source in targets or len(set(targets)) != len(targets):
-      raise ValueError(f"MCTN's source {self.source!r} and targets {targets} must be distinct modalities; "
+      raise ConfigError(f"MCTN's source {self.source!r} and targets {targets} must be distinct modalities; "
                        "fix model.kwargs.source / model.kwargs.targets")
     if self.output_activation not in ACTIVATIONS:
-      raise ValueError(f"output_activation must be one of {ACTIVATIONS}; got {self.output_activation!r}")
+      raise ConfigError(f"output_activation must be one of {ACTIVATIONS}; got {self.output_activation!r}")
     if self.num_classes < 1:
-      raise ValueError(f"num_classes must be 1 (regression) or >= 2 (classes); got {self.num_classes}")
+      raise ConfigError(f"num_classes must be 1 (regression) or >= 2 (classes); got {self.num_classes}")
     if min(self.hidden_dim, self.head_dim, self.encoder_layers) < 1:
-      raise ValueError(f"hidden_dim, head_dim and encoder_layers must be >= 1; got {self.hidden_dim}, "
+      raise ConfigError(f"hidden_dim, head_dim and encoder_layers must be >= 1; got {self.hidden_dim}, "
                        f"{self.head_dim}, {self.encoder_layers}")
 
   @nn.compact

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.models import vae_common as vc
 from mmjax.models.registry import register
@@ -78,9 +79,9 @@ class MFM(nn.Module):
 
   def setup(self):
     if not self.modalities:
-      raise ValueError("MFM needs at least one modality")
+      raise ConfigError("MFM needs at least one modality")
     if self.prior_matching not in ("mmd", "kl"):
-      raise ValueError(f"prior_matching must be 'mmd' or 'kl'; got {self.prior_matching!r}")
+      raise ConfigError(f"prior_matching must be 'mmd' or 'kl'; got {self.prior_matching!r}")
     out = self.factor_dim * (2 if self.prior_matching == "kl" else 1)
     self.encoders, self.decoders = vc.modality_codecs(self)
     self.private_heads = {m: _MLP(self.width, out, self.dtype) for m in self.modalities}

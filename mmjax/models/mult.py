@@ -54,7 +54,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.errors import InputError
+from mmjax.errors import ConfigError, InputError
 from mmjax.layers import axes
 from mmjax.layers.attention import causal_mask, dot_product_attention
 from mmjax.layers.dropout import Dropout
@@ -129,7 +129,7 @@ class MulTAttention(nn.Module):
     """``x_q [B, Lq, w]``, ``x_k``/``x_v [B, Lk, w]`` -> ``[B, Lq, w]``."""
     w = x_q.shape[-1]
     if w % self.num_heads:
-      raise ValueError(f"MulT width {w} is not divisible by num_heads {self.num_heads}")
+      raise ConfigError(f"MulT width {w} is not divisible by num_heads {self.num_heads}")
     hd = w // self.num_heads
     split = lambda t: t.reshape(*t.shape[:2], self.num_heads, hd)  # [B, L, H, hd]
     # [w, w] kernels whose output columns are heads x head width (split below): "heads" on the columns
@@ -278,7 +278,7 @@ class MulT(nn.Module):
   def target_letters(self) -> tuple[str, ...]:
     """The targets as letters ``l``/``a``/``v`` in the original's order."""
     if not self.target_modalities:
-      raise ValueError("MulT needs at least one target modality")
+      raise ConfigError("MulT needs at least one target modality")
     out = set()
     for t in self.target_modalities:
       for names in (_CANONICAL, tuple(self.modality_keys), _LETTERS):
@@ -286,13 +286,13 @@ class MulT(nn.Module):
           out.add(_LETTERS[names.index(t)])
           break
       else:
-        raise ValueError(f"unknown MulT target modality {t!r}; use entries of {_CANONICAL}")
+        raise ConfigError(f"unknown MulT target modality {t!r}; use entries of {_CANONICAL}")
     return tuple(x for x in _LETTERS if x in out)
 
   @nn.compact
   def __call__(self, batch: Mapping, *, train: bool):
     if len(self.modality_keys) != 3 or len(self.kernel_sizes) != 3:
-      raise ValueError("MulT needs three modality_keys and three kernel_sizes (text, audio, vision); got "
+      raise ConfigError("MulT needs three modality_keys and three kernel_sizes (text, audio, vision); got "
                        f"{self.modality_keys} and {self.kernel_sizes}")
     kinds = dict(zip(self.modality_keys, ("sequence", "features", "features"), strict=True))
     check_modalities(batch, tuple(self.modality_keys), model_name="mult", kinds=kinds, field="modality_keys",

@@ -59,6 +59,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.embeddings import masked_mean
 from mmjax.layers.fusion import tensor_fusion
@@ -147,19 +148,19 @@ def check_fields(model, name: str):
   """Checks the per-modality fields shared by TFN and LMF; raises ValueError saying how to fix them."""
   n = len(model.modalities)
   if n == 0:
-    raise ValueError(f"{name} needs at least one modality (model.kwargs.modalities)")
+    raise ConfigError(f"{name} needs at least one modality (model.kwargs.modalities)")
   for field in ("subnets", "hidden_dims", "out_dims", "dropouts"):
     value = getattr(model, field)
     if len(value) != n:
-      raise ValueError(f"{name}: model.kwargs.{field} has {len(value)} entries but there are {n} modalities "
+      raise ConfigError(f"{name}: model.kwargs.{field} has {len(value)} entries but there are {n} modalities "
                        f"{tuple(model.modalities)}; give one entry per modality, in the same order")
   bad = [k for k in model.subnets if k not in SUBNETS]
   if bad:
-    raise ValueError(f"{name}: unknown subnetwork kind(s) {bad} in model.kwargs.subnets; use {SUBNETS}")
+    raise ConfigError(f"{name}: unknown subnetwork kind(s) {bad} in model.kwargs.subnets; use {SUBNETS}")
   if model.input_norm not in NORMS:
-    raise ValueError(f"{name}: model.kwargs.input_norm is {model.input_norm!r}; use one of {NORMS}")
+    raise ConfigError(f"{name}: model.kwargs.input_norm is {model.input_norm!r}; use one of {NORMS}")
   if any(d < 1 for d in (*model.hidden_dims, *model.out_dims)):
-    raise ValueError(f"{name}: model.kwargs.hidden_dims and out_dims must be >= 1; got "
+    raise ConfigError(f"{name}: model.kwargs.hidden_dims and out_dims must be >= 1; got "
                      f"{tuple(model.hidden_dims)} and {tuple(model.out_dims)}")
 
 

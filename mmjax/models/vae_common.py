@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.errors import InputError
+from mmjax.errors import ConfigError, InputError
 from mmjax.layers import Encoder, SequenceEmbed, axes, masked_mean, sinusoidal_positions
 from mmjax.layers.inputs import check_modalities, shape_str
 
@@ -210,7 +210,7 @@ class ModalityDecoder(nn.Module):
     h = nn.relu(axes.dense(self.width, ("embed", "mlp"), dtype=self.dtype, name="hidden")(h))
     if jnp.issubdtype(dtype, jnp.integer):
       if self.vocab_size <= 0:
-        raise ValueError("token modalities need vocab_size > 0 (set the model's vocab_size)")
+        raise ConfigError("token modalities need vocab_size > 0 (set the model's vocab_size)")
       out = axes.dense(self.vocab_size, ("mlp", "vocab"), dtype=self.dtype, name="out")(h)
     else:
       out = axes.dense(shape[2], ("mlp", "features"), dtype=self.dtype, name="out")(h)
@@ -329,7 +329,7 @@ class MultimodalVAE(nn.Module):
 
   def setup(self):
     if not self.modalities:
-      raise ValueError(f"{type(self).__name__} needs at least one modality")
+      raise ConfigError(f"{type(self).__name__} needs at least one modality")
     self.encoders, self.decoders = modality_codecs(self)
     self.heads = {m: GaussianHead(self.latent_dim, self.width, self.dtype) for m in self.modalities}
     if self.num_classes:

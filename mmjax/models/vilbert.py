@@ -103,6 +103,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.errors import ConfigError
 from mmjax.layers import MultiHeadAttention, axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.layers.remat import remat
@@ -370,22 +371,28 @@ class ViLBERT(nn.Module):
                                   ("pool", self.pool, ("", *POOLS)),
                                   ("region_location", self.region_location, REGION_LOCATIONS)):
       if value not in allowed:
-        raise ValueError(f"vilbert: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
+        raise ConfigError(f"vilbert: model.kwargs.{field} is {value!r}; use one of {list(allowed)}")
+    if not self.co_attention and (self.pool or PAPER_POOL[self.fusion]) == "text":
+      raise ConfigError(
+          "vilbert: model.kwargs.co_attention is False and the pooled output is the text stream's [CLS] "
+          f"(pool {self.pool or PAPER_POOL[self.fusion]!r}, the default for fusion {self.fusion!r}): without "
+          "co-attention nothing of the image reaches it, so the answer and matching heads would ignore the "
+          "image. Set model.kwargs.pool='mul' (pools both streams) or co_attention=True")
     if self.vocab_size <= 0:
-      raise ValueError("vilbert: model.kwargs.vocab_size must be the size of the token vocabulary (> 0)")
+      raise ConfigError("vilbert: model.kwargs.vocab_size must be the size of the token vocabulary (> 0)")
     for field in ("cls_id", "sep_id", "mask_id"):
       if not 0 <= getattr(self, field) < self.vocab_size:
-        raise ValueError(f"vilbert: model.kwargs.{field} = {getattr(self, field)} is not an id of the "
+        raise ConfigError(f"vilbert: model.kwargs.{field} = {getattr(self, field)} is not an id of the "
                          f"vocabulary (vocab_size {self.vocab_size}); set it to the id of that special token")
     for field in ("num_text_layers", "num_image_layers", "num_fusion_layers"):
       if getattr(self, field) < 0:
-        raise ValueError(f"vilbert: model.kwargs.{field} must be >= 0; got {getattr(self, field)}")
+        raise ConfigError(f"vilbert: model.kwargs.{field} must be >= 0; got {getattr(self, field)}")
     if self.width % self.num_heads:
-      raise ValueError(f"vilbert: model.kwargs.width {self.width} is not divisible by num_heads "
+      raise ConfigError(f"vilbert: model.kwargs.width {self.width} is not divisible by num_heads "
                        f"{self.num_heads}")
     for field in ("mask_prob", "region_mask_prob", "itm_negative_prob"):
       if not 0.0 <= getattr(self, field) <= 1.0:
-        raise ValueError(f"vilbert: model.kwargs.{field} must be a probability in [0, 1]; got "
+        raise ConfigError(f"vilbert: model.kwargs.{field} must be a probability in [0, 1]; got "
                          f"{getattr(self, field)}")
 
   @property
@@ -406,7 +413,7 @@ class ViLBERT(nn.Module):
     images = jnp.asarray(batch[self.image_key], jnp.float32)
     tokens = jnp.asarray(batch[self.text_key])
     if tokens.shape[1] + 2 > self.max_text_length:
-      raise ValueError(f"vilbert: {tokens.shape[1]} text tokens plus [CLS] and [SEP] exceed "
+      raise ConfigError(f"vilbert: {tokens.shape[1]} text tokens plus [CLS] and [SEP] exceed "
                        f"model.kwargs.max_text_length = {self.max_text_length}; raise it")
     ids, valid, is_word = add_cls_sep(tokens, batch.get(f"{self.text_key}_mask"), self.cls_id, self.sep_id)
     locations = region_locations(images.shape[1], images.shape[2], self.patch_size)
@@ -440,7 +447,7 @@ class ViLBERT(nn.Module):
     matched = ~negative
     if self.itm_match_key:
       if self.itm_match_key not in batch:
-        raise ValueError(f"vilbert: model.kwargs.itm_match_key is {self.itm_match_key!r} but the batch has "
+        raise ConfigError(f"vilbert: model.kwargs.itm_match_key is {self.itm_match_key!r} but the batch has "
                          f"keys {sorted(batch)}; name a key of the batch (e.g. the label) or set it to ''")
       key = jnp.asarray(batch[self.itm_match_key])
       matched = matched | (jnp.roll(key, -1, axis=0) == key)

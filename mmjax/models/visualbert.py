@@ -93,6 +93,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.errors import ConfigError
 from mmjax.layers import axes
 from mmjax.layers.inputs import check_modalities
 from mmjax.layers.remat import remat
@@ -268,29 +269,29 @@ class VisualBERT(nn.Module):
 
   def _check(self):
     if self.head not in HEADS:
-      raise ValueError(f"visualbert: model.kwargs.head is {self.head!r}; use one of {list(HEADS)}")
+      raise ConfigError(f"visualbert: model.kwargs.head is {self.head!r}; use one of {list(HEADS)}")
     if self.vocab_size <= 0:
-      raise ValueError("visualbert: model.kwargs.vocab_size must be the size of the text vocabulary (> 0), "
+      raise ConfigError("visualbert: model.kwargs.vocab_size must be the size of the text vocabulary (> 0), "
                        "special tokens included")
     ids = {"cls_id": self.cls_id, "sep_id": self.sep_id}
     if self.head == "pretrain":
       ids["mask_id"] = self.mask_id
     for field, value in ids.items():
       if not 0 <= value < self.vocab_size:
-        raise ValueError(f"visualbert: model.kwargs.{field} is {value}; set it to the id of that special "
+        raise ConfigError(f"visualbert: model.kwargs.{field} is {value}; set it to the id of that special "
                          f"token in the vocabulary (0 <= id < vocab_size = {self.vocab_size}), e.g. "
                          "Vocabulary.tokens.index('<cls>')")
     if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"visualbert: model.kwargs.hidden_act is {self.hidden_act!r}; use one of "
+      raise ConfigError(f"visualbert: model.kwargs.hidden_act is {self.hidden_act!r}; use one of "
                        f"{sorted(ACTIVATIONS)}")
     if self.width % self.num_heads:
-      raise ValueError(f"visualbert: model.kwargs.width={self.width} is not divisible by num_heads="
+      raise ConfigError(f"visualbert: model.kwargs.width={self.width} is not divisible by num_heads="
                        f"{self.num_heads}")
     if not 0.0 < self.mask_prob <= 1.0 or not 0.0 <= self.negative_prob <= 1.0:
-      raise ValueError(f"visualbert: model.kwargs.mask_prob (now {self.mask_prob}) must be in (0, 1] and "
+      raise ConfigError(f"visualbert: model.kwargs.mask_prob (now {self.mask_prob}) must be in (0, 1] and "
                        f"negative_prob (now {self.negative_prob}) in [0, 1]")
     if self.head == "qa" and self.num_answers <= 0:
-      raise ValueError(f"visualbert: model.kwargs.num_answers must be > 0; got {self.num_answers}")
+      raise ConfigError(f"visualbert: model.kwargs.num_answers must be > 0; got {self.num_answers}")
 
   def bert_config(self) -> BertConfig:
     """The shape of the backbone's BERT."""
@@ -310,7 +311,7 @@ class VisualBERT(nn.Module):
     images, tokens = jnp.asarray(batch[self.image_key]), jnp.asarray(batch[self.text_key])
     ids, valid, maskable = text_sequence(tokens, batch.get(f"{self.text_key}_mask"), self.cls_id, self.sep_id)
     if ids.shape[1] > self.max_positions:
-      raise ValueError(f"visualbert: {ids.shape[1]} text positions ([CLS] + {tokens.shape[1]} + [SEP]) "
+      raise ConfigError(f"visualbert: {ids.shape[1]} text positions ([CLS] + {tokens.shape[1]} + [SEP]) "
                        f"exceed model.kwargs.max_positions={self.max_positions}")
     backbone = VisualBertBackbone(self.bert_config(), self.attention, self.dtype, self.remat, name="backbone")
 
@@ -328,7 +329,7 @@ class VisualBERT(nn.Module):
     k_mask, k_neg = jax.random.split(rng)
     if self.negative_key:
       if self.negative_key not in batch:
-        raise ValueError(f"visualbert: model.kwargs.negative_key is {self.negative_key!r} but the batch has "
+        raise ConfigError(f"visualbert: model.kwargs.negative_key is {self.negative_key!r} but the batch has "
                          f"keys {sorted(batch)}; name a batch key (e.g. 'label') or '' to compare the images")
       neg_keys = jnp.asarray(batch[self.negative_key])
     else:
