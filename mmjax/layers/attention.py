@@ -284,7 +284,8 @@ def _chunked_bwd(scale, causal, block, rate, res, dout):
   bk, lk_pad = _chunk_layout(q, k, block)
   nb = lk_pad // bk
   f32 = jnp.float32
-  qs = _heads_major(q, k_heads).astype(f32) * scale  # [B, K, G, Lq, D]
+  # scaled in the input dtype, as in the forward pass, so both passes see the same logits in bfloat16 too
+  qs = (_heads_major(q, k_heads) * jnp.asarray(scale, q.dtype)).astype(f32)  # [B, K, G, Lq, D]
   do = _heads_major(dout, k_heads).astype(f32)
   delta = jnp.einsum("bkgqd,bkgqd->bkgq", do, _heads_major(out, k_heads).astype(f32))[:, :, None]
   do = do * (1.0 / (1.0 - rate))
