@@ -6,8 +6,8 @@ repository root. ``VARIANTS``: comma-separated ``masks[:remat[:attention[:chunk]
 ``mmjax.layers.dropout``), ``fields`` (16/8-bit fields of ``jax.random.bits`` words) or ``new``
 (``mmjax.layers.dropout``: the index hash); ``remat`` a
 ``config.remat`` value (default none); ``attention`` the kernel (default: the config's); ``chunk`` the key
-block of ``chunked`` (default ``CHUNK_SIZE``). Each variant is compiled, runs one untimed step, then
-``ROUNDS`` rounds time one step of each variant in turn on one fixed synthetic batch (as ``mmjax bench
+block of ``chunked`` (default: ``default_chunk_size()``). Each variant is compiled, runs one untimed step,
+then ``ROUNDS`` rounds time one step of each variant in turn on one fixed synthetic batch (as ``mmjax bench
 prng``). Results: ``benchmarks/results/mult_variants-<device>-<date>.json``.
 """
 
@@ -81,13 +81,13 @@ def main():
   overrides = sys.argv[3:]
   config = get_config("configs/mult_mosei.py:unaligned", overrides)
   steps, states, comp = {}, {}, {}
-  default_chunk = A.CHUNK_SIZE
+  default_chunk = A.default_chunk_size()
   batch = None
   with tempfile.TemporaryDirectory() as wd:
     for i, v in enumerate(variants):
       kind, rm, att, chunk = (v.split(":") + ["", "", ""])[:4]
       use_masks(kind)
-      A.CHUNK_SIZE = int(chunk) if chunk else default_chunk
+      A.CHUNK_SIZE = A.CHUNK_SIZE_CPU = int(chunk) if chunk else default_chunk
       cfg = config.copy_and_resolve_references()
       cfg.remat = rm or "none"
       if att:

@@ -44,7 +44,11 @@ PALLAS_INTERPRET = False
 AUTO_CHUNKED_SCORE_BYTES = 64 * 2**20
 # Same switch for "auto" on accelerators (memory, not speed: XLA's dense path is fast while it fits).
 AUTO_CHUNKED_SCORE_BYTES_ACCEL = 1 * 2**30
-CHUNK_SIZE = 512  # key block of "chunked"
+CHUNK_SIZE = 512  # key block of "chunked" on accelerators (fewer, larger blocks: fewer kernel launches)
+# ... and on CPU, where a block's scores should stay in cache: the fastest of 32-512 at head sizes 64 and
+# 128, within 17 % of the fastest (64) at MulT's head size 6, where 512 was 2.9x slower
+# (benchmarks/chunked_blocks.py).
+CHUNK_SIZE_CPU = 128
 
 _NEG = -1e30  # finite "minus infinity" for masked logits
 _log = logging.getLogger(__name__)
@@ -111,6 +115,12 @@ def causal_mask(q_len: int, k_len: int, offset: int = 0) -> jax.Array:
 def lengths_mask(key_lengths: jax.Array, k_len: int) -> jax.Array:
   """``[B]`` key lengths to a ``[B, 1, 1, Lk]`` bool mask."""
   return (jnp.arange(k_len)[None, :] < jnp.asarray(key_lengths)[:, None])[:, None, None, :]
+
+
+def default_chunk_size(backend: str | None = None) -> int:
+  """The key block of ``"chunked"`` when the call gives none: :data:`CHUNK_SIZE_CPU` on CPU, else
+  :data:`CHUNK_SIZE`."""
+  return CHUNK_SIZE_CPU if (backend or _backend()) == "cpu" else CHUNK_SIZE
 
 
 def _round_up(n: int, m: int) -> int:
@@ -487,7 +497,7 @@ def dot_product_attention(
     dropout_rng: PRNG key for attention dropout.
     implementation: one of :data:`IMPLEMENTATIONS`.
     key_lengths: ``[B]`` int, number of valid (leading) keys per example; combined with ``mask``.
-    chunk_size: key block of ``"chunked"`` (default :data:`CHUNK_SIZE`).
+    chunk_size: key block of ``"chunked"`` (default :func:`default_chunk_size`: 128 on CPU, 512 elsewhere).
     interpret: run ``"pallas"`` in interpret mode (default :data:`PALLAS_INTERPRET`; for tests on CPU).
 
   Returns:
@@ -536,7 +546,7 @@ def _attention(query, key, value, mask, causal, scale, dropout_rate, dropout_rng
 
   if implementation == "chunked":
     return _chunked_attention(query, key, value, key_lengths, mask, causal, scale, dropout_rate, dropout_rng,
-                              chunk_size or CHUNK_SIZE)
+                              chunk_size or default_chunk_size())
   if implementation == "pallas":
     return _pallas_attention(query, key, value, key_lengths, causal, scale, interpret)
   if implementation in ("jax", "cudnn"):

@@ -122,7 +122,7 @@ class MulTAttention(nn.Module):
   dropout: float = 0.0
   attention: str = "xla"
   dtype: Any = jnp.float32
-  chunk_size: int = 0  # key block of the "chunked" kernel; 0: its default (attention.CHUNK_SIZE)
+  chunk_size: int = 0  # key block of the "chunked" kernel; 0: its default (attention.default_chunk_size)
 
   @nn.compact
   def __call__(self, x_q, x_k, x_v, *, mask, train: bool):
@@ -273,7 +273,7 @@ class MulT(nn.Module):
   attention: str = "xla"  # attention kernel, see mmjax.layers.attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32  # compute dtype (config.precision); parameters stay float32
   remat: str = "none"  # rematerialise each crossmodal / memory layer (config.remat; mmjax.layers.remat)
-  chunk_size: int = 0  # key block of attention="chunked" (0: attention.CHUNK_SIZE); 64: fastest on CPU
+  chunk_size: int = 0  # key block of attention="chunked" (0: attention.default_chunk_size); 64: fastest here
 
   def target_letters(self) -> tuple[str, ...]:
     """The targets as letters ``l``/``a``/``v`` in the original's order."""
