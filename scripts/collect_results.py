@@ -5,7 +5,8 @@
 From the sweep directory (``mmjax sweep --workdir``): ``summary.json`` and ``summary.md``, and per seed the
 small files that figures are drawn from (``metrics.json``, ``metrics.jsonl``, ``config.json``,
 ``confusion/*.json``, ``robustness/*.json``, ``fewshot/*.json``, ``zero_shot/*.json``); never checkpoints or
-event files. The README's tables (``scripts/make_readme_tables.py``) and figures
+event files. The ``seed_*`` folders already in the destination are removed first, so no file of an earlier
+sweep survives beside the new one's. The README's tables (``scripts/make_readme_tables.py``) and figures
 (``scripts/make_readme_figures.py``) read only these committed copies.
 """
 
@@ -26,6 +27,8 @@ def collect(sweep: Path, dest: Path) -> list[Path]:
     raise SystemExit(f"collect_results: {sweep} has no summary.json; run `mmjax sweep ... --workdir {sweep}` "
                      "to the end first")
   dest.mkdir(parents=True, exist_ok=True)
+  for stale in sorted(dest.glob("seed_*")):  # an earlier sweep's seeds and files must not outlive it
+    shutil.rmtree(stale)
   copied = []
   for name in ("summary.json", "summary.md"):
     copied.append(Path(shutil.copy2(sweep / name, dest / name)))

@@ -12,7 +12,8 @@ learn it here cannot learn it on the real digits either.
 writes the training matching loss and accuracy every ``--every`` steps for each probed setting (the
 settings are in ``SETTINGS``; ``--only NAME`` runs one). ``results/probes/matching.json`` holds the six
 settings with the papers' 5-d region boxes, ``results/probes/matching_region_index.json`` the three
-``*_index_*`` ones (``--only`` each, ``--seeds 0,1,2``). Run it with the checkout first on the path
+``*_index_init*`` ones and ``results/probes/matching_pool.json`` the two ``*pool*`` ones (``--only`` each,
+``--seeds 0,1,2``). Run it with the checkout first on the path
 (``PYTHONPATH=.``), or Python imports whichever ``mmjax`` is installed. Accuracy is over one fresh batch
 of 64, so a model that always answers "match" scores the batch's share of matched pairs (about 55 %).
 """
@@ -57,6 +58,12 @@ SETTINGS = {
                                           "region_location": "index"}, 3000),
     "lxmert_index_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.125,
                                            "region_location": "index"}, 3000),
+    # the setting above that learns, with ViLBERT's pooling (the product of both streams' first tokens)
+    # instead of LXMERT's (the text stream's [CLS]); and ViLBERT with LXMERT's pooling
+    "lxmert_index_mulpool_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "lxmert", "init_std": 0.125,
+                                                   "region_location": "index", "pool": "mul"}, 3000),
+    "vilbert_index_textpool_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "coattention", "init_std": 0.125,
+                                                     "region_location": "index", "pool": "text"}, 3000),
 }
 
 

@@ -144,3 +144,26 @@ def test_published_tables_name_their_sources_and_bad_files_are_errors(script, tm
   assert script.main(args) == 2 and "not a table of published numbers" in unwrap(capsys.readouterr().err)
   # the committed file renders
   assert "| LMF |" in script.render_published("published_cmu_mosi", ROOT / "results")
+
+
+def test_collect_results_copies_small_files_and_drops_an_earlier_sweeps(tmp_path):
+  """``scripts/collect_results.py``: the summary and each seed's metrics are copied, checkpoints are not,
+  and a destination's files from an earlier sweep (another seed, a file the new run has not) are gone."""
+  path = ROOT / "scripts" / "collect_results.py"
+  spec = importlib.util.spec_from_file_location("collect_results", path)
+  collect_results = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(collect_results)
+  sweep_dir, dest = tmp_path / "sweep", tmp_path / "results"
+  (sweep_dir / "seed_0" / "checkpoints" / "100").mkdir(parents=True)
+  (sweep_dir / "seed_0" / "confusion").mkdir()
+  for name in ("summary.json", "summary.md", "seed_0/metrics.json", "seed_0/confusion/test.json",
+               "seed_0/checkpoints/100/state"):
+    (sweep_dir / name).write_text("new")
+  for name in ("seed_0/confusion/best-test.json", "seed_3/metrics.json"):  # an earlier, larger sweep's
+    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+    (dest / name).write_text("old")
+  assert collect_results.main([str(sweep_dir), str(dest)]) == 0
+  files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+  assert files == ["seed_0/confusion/test.json", "seed_0/metrics.json", "summary.json", "summary.md"]
+  with pytest.raises(SystemExit, match="no summary.json"):
+    collect_results.collect(tmp_path / "nothing", dest)

@@ -69,7 +69,8 @@ Heads (``head``):
     ``W1: D -> 2D`` and ``W2: 2D -> num_answers``; outputs the answer logits ``[B, num_answers]``.
 
 Deviations from the papers and the original code, and why:
-  * Regions are 2x2 pixel patches of an 8x8 image (raw pixels as region features), not Faster R-CNN
+  * Regions are ``patch_size x patch_size`` pixel patches of the image (raw pixels as region features; the
+    digits config: four 4x4 patches of the 8x8 image), not Faster R-CNN
     detections with 2048-d features: there is no detector here. Masked region modelling therefore regresses
     the pixels of the region (LXMERT's feature regression, also ViLBERT-multi-task's ``visual_target=1``);
     ViLBERT's paper objective (KL to the detector's class distribution) and LXMERT's detected-label
