@@ -26,6 +26,9 @@ def collect(sweep: Path, dest: Path) -> list[Path]:
   if not (sweep / "summary.json").is_file():
     raise SystemExit(f"collect_results: {sweep} has no summary.json; run `mmjax sweep ... --workdir {sweep}` "
                      "to the end first")
+  if dest.resolve() == sweep.resolve():
+    raise SystemExit(f"collect_results: the destination {dest} is the sweep itself; name a folder under "
+                     "results/")
   dest.mkdir(parents=True, exist_ok=True)
   for stale in sorted(dest.glob("seed_*")):  # an earlier sweep's seeds and files must not outlive it
     shutil.rmtree(stale)

@@ -167,3 +167,6 @@ def test_collect_results_copies_small_files_and_drops_an_earlier_sweeps(tmp_path
   assert files == ["seed_0/confusion/test.json", "seed_0/metrics.json", "summary.json", "summary.md"]
   with pytest.raises(SystemExit, match="no summary.json"):
     collect_results.collect(tmp_path / "nothing", dest)
+  with pytest.raises(SystemExit, match="is the sweep itself"):  # would delete the sweep's seeds
+    collect_results.collect(sweep_dir, sweep_dir / ".." / "sweep")
+  assert (sweep_dir / "seed_0" / "metrics.json").is_file()
