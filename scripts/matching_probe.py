@@ -9,13 +9,14 @@ learn it here cannot learn it on the real digits either.
 
     python scripts/matching_probe.py --out results/probes/matching.json
 
-writes the training matching loss and accuracy every ``--every`` steps for each probed setting (the
-settings are in ``SETTINGS``; ``--only NAME`` runs one). ``results/probes/matching.json`` holds the six
-settings with the papers' 5-d region boxes, ``results/probes/matching_region_index.json`` the three
-``*_index_init*`` ones and ``results/probes/matching_pool.json`` the two ``*pool*`` ones (``--only`` each,
-``--seeds 0,1,2``). Run it with the checkout first on the path
-(``PYTHONPATH=.``), or Python imports whichever ``mmjax`` is installed. Accuracy is over one fresh batch
-of 64, so a model that always answers "match" scores the batch's share of matched pairs (about 55 %).
+writes the training matching loss and accuracy every ``--every`` steps for each probed setting (the settings
+are in ``SETTINGS``; ``--only NAME`` runs one). Committed, each from ``--only`` and ``--seeds 0,1,2``:
+``results/probes/matching.json`` (the six settings with the papers' 5-d region boxes),
+``matching_region_index.json`` (``lxmert_index_init0.02``, ``lxmert_index_init0.125``,
+``vilbert_index_init0.125``), ``matching_pool.json`` (the two ``*pool*`` settings) and ``matching_lr.json``
+(``vilbert_index_init0.125_lr3e-4``). Run it with the checkout first on the path (``PYTHONPATH=.``), or Python
+imports whichever ``mmjax`` is installed. Accuracy is over one fresh batch of 64, so a model that always
+answers "match" scores the batch's share of matched pairs (about 55 %).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SMALL = {"width": 32, "num_heads": 2, "dropout": 0.0, "attention_dropout": 0.0, 
 TWO_STREAM = {**VOCAB, **SMALL, "intermediate_size": 64, "num_text_layers": 1, "num_image_layers": 1,
               "num_fusion_layers": 2, "max_text_length": 16, "mlm_weight": 0.0, "region_weight": 0.0,
               "itm_match_key": "label"}
-# name -> (registered model, kwargs, steps)
+# name -> (registered model, kwargs, steps[, Adam's learning rate; default 1e-3])
 SETTINGS = {
     "visualbert_init0.02": ("visualbert", {**VOCAB, **SMALL, "num_layers": 2, "mlp_dim": 64,
                                            "max_positions": 32, "mlm_weight": 0.0, "negative_key": "label",
@@ -64,6 +65,10 @@ SETTINGS = {
                                                    "region_location": "index", "pool": "mul"}, 3000),
     "vilbert_index_textpool_init0.125": ("vilbert", {**TWO_STREAM, "fusion": "coattention", "init_std": 0.125,
                                                      "region_location": "index", "pool": "text"}, 3000),
+    # ViLBERT's failing index setting with a lower learning rate: its fusion layer has four post-LN
+    # sub-layers (co-attention, FFN, self-attention, FFN) to LXMERT's three
+    "vilbert_index_init0.125_lr3e-4": ("vilbert", {**TWO_STREAM, "fusion": "coattention", "init_std": 0.125,
+                                                   "region_location": "index"}, 3000, 3e-4),
 }
 
 
@@ -80,13 +85,15 @@ def synthetic_batch(rng: np.random.Generator, n: int = 64) -> dict:
           "label": digits.astype(np.int32)}
 
 
-def probe(model_name: str, kwargs: dict, steps: int, every: int, seed: int = 0) -> list[dict]:
-  """Trains matching only, with Adam (1e-3); returns ``[{step, itm, itm_accuracy}]`` every ``every`` steps."""
+def probe(model_name: str, kwargs: dict, steps: int, every: int, seed: int = 0,
+          lr: float = 1e-3) -> list[dict]:
+  """Trains matching only, with Adam (``lr``, constant); returns ``[{step, itm, itm_accuracy}]`` every
+  ``every`` steps."""
   model, task = models.build(model_name, kwargs), tasks.get("pretraining")
   rng = np.random.default_rng(seed)
   params = jax.jit(lambda b: model.init(jax.random.PRNGKey(seed), b, train=False)["params"])(
       synthetic_batch(rng))
-  optimizer = optax.adam(1e-3)
+  optimizer = optax.adam(lr)
   opt_state = optimizer.init(params)
 
   @jax.jit
@@ -120,12 +127,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   results = {}
   for name in args.only or SETTINGS:
-    model_name, kwargs, steps = SETTINGS[name]
+    model_name, kwargs, steps, *rest = SETTINGS[name]
+    lr = rest[0] if rest else 1e-3
     steps = args.steps or steps
-    results[name] = {"model": model_name, "kwargs": kwargs, "steps": steps, "seeds": {}}
+    results[name] = {"model": model_name, "kwargs": kwargs, "steps": steps, "lr": lr, "seeds": {}}
     for seed in (int(s) for s in args.seeds.split(",")):
       start = time.perf_counter()
-      history = probe(model_name, kwargs, steps, args.every, seed)
+      history = probe(model_name, kwargs, steps, args.every, seed, lr)
       seconds = round(time.perf_counter() - start, 1)
       results[name]["seeds"][str(seed)] = {"history": history, "seconds": seconds}
   args.out.parent.mkdir(parents=True, exist_ok=True)
